@@ -1,0 +1,6 @@
+/**
+ * knnlm: build and query kNN-LM datastores (Khandelwal et al., ICLR 2020) from Deno.
+ *
+ * @module
+ */
+export {};
