@@ -1,0 +1,42 @@
+/** Writes `text` to `path.tmp`, fsyncs it and renames it over `path`: never a half file. */
+export async function writeTextAtomic(path: string, text: string): Promise<void> {
+  const tmp = `${path}.tmp`;
+  {
+    using file = await Deno.open(tmp, { write: true, create: true, truncate: true });
+    const bytes = new TextEncoder().encode(text);
+    let off = 0;
+    while (off < bytes.length) off += await file.write(bytes.subarray(off));
+    await file.sync();
+  }
+  await Deno.rename(tmp, path);
+}
+
+/** Writes `value` as pretty JSON atomically (see {@link writeTextAtomic}). */
+export function writeJsonAtomic(path: string, value: unknown): Promise<void> {
+  return writeTextAtomic(path, JSON.stringify(value, null, 2) + "\n");
+}
+
+/** Reads JSON, or `undefined` when the file does not exist. */
+export async function readJsonIfExists<T>(path: string): Promise<T | undefined> {
+  let text: string;
+  try {
+    text = await Deno.readTextFile(path);
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return undefined;
+    throw e;
+  }
+  try {
+    return JSON.parse(text) as T;
+  } catch (e) {
+    throw new Error(`${path}: not valid JSON (${(e as Error).message})`, { cause: e });
+  }
+}
+
+/** Removes a file, ignoring one that is already gone. */
+export async function removeIfExists(path: string): Promise<void> {
+  try {
+    await Deno.remove(path);
+  } catch (e) {
+    if (!(e instanceof Deno.errors.NotFound)) throw e;
+  }
+}

@@ -1,0 +1,166 @@
+/**
+ * The datastore directory and its manifest, `datastore.json`.
+ *
+ * A datastore directory holds `keys.npy` ([n, d] float32 or float16: row i is the model's key
+ * for the context ending at corpus token i), `vals.npy` ([n] int32: row i is token i + 1),
+ * `faiss.index` (a plain `faiss.write_index` file whose ids are row numbers) and
+ * `datastore.json`, which records how all of it was made and is written after the files it
+ * describes. Work in progress lives under `*.tmp` names plus a `*.progress.json` file, so a
+ * crash never leaves a file that looks complete.
+ *
+ * @module
+ */
+
+import { join } from "node:path";
+import { readJsonIfExists, writeJsonAtomic } from "./_atomic.ts";
+
+/** Version of the datastore layout this toolkit writes and reads. */
+export const DATASTORE_FORMAT = 1;
+
+/** File names inside a datastore directory. */
+export const DATASTORE_FILES = {
+  keys: "keys.npy",
+  vals: "vals.npy",
+  index: "faiss.index",
+  trainedIndex: "faiss.trained.index",
+  manifest: "datastore.json",
+  gatherProgress: "gather.progress.json",
+} as const;
+
+/** Paths of a datastore's files. */
+export function datastorePaths(dir: string): Record<keyof typeof DATASTORE_FILES, string> {
+  return Object.fromEntries(
+    Object.entries(DATASTORE_FILES).map(([k, v]) => [k, join(dir, v)]),
+  ) as Record<keyof typeof DATASTORE_FILES, string>;
+}
+
+/** What decides the bytes of `keys.npy`/`vals.npy`; two gathers with equal fingerprints match. */
+export interface GatherFingerprint {
+  /** sha256 of the ONNX model file. */
+  modelSha256: string;
+  /** Tensor whose values are the keys. */
+  keyTensor: string;
+  /** Identity (sha256) of the corpus tokens before truncation. */
+  corpusIdentity: string;
+  /** Number of corpus tokens used (after `maxTokens`). */
+  nTokens: number;
+  /** Window length. */
+  seqLen: number;
+  /** Window stride. */
+  stride: number;
+  /** Windows per model call (changes the arithmetic's blocking, hence bits). */
+  batchSize: number;
+  /** Storage dtype of keys. */
+  keyDtype: "float32" | "float16";
+}
+
+/** Index parameters after clamping to the datastore's size. */
+export interface IndexParams {
+  /** FAISS factory string actually built. */
+  factory: string;
+  /** Number of IVF centroids (0 when not an IVF index). */
+  nlist: number;
+  /** PQ code size in bytes (sub-quantizers); 0 when not PQ. */
+  m: number;
+  /** Bits per PQ sub-quantizer code. */
+  nbits: number;
+  /** Distance metric. */
+  metric: "l2" | "ip";
+  /** Lists probed per query. */
+  nprobe: number;
+  /** Number of keys sampled to train the index. */
+  trainSize: number;
+  /** Seed of the training sample. */
+  seed: number;
+}
+
+/** `datastore.json`: how a datastore was made. */
+export interface DatastoreManifest {
+  format: typeof DATASTORE_FORMAT;
+  toolkit: { name: string; version: string };
+  updatedAt: string;
+  /** The resolved configuration the datastore was built with. */
+  config: unknown;
+  model: {
+    path: string;
+    sha256: string;
+    keyTensor: string;
+    logitsOutput: string;
+    dModel: number;
+    vocabSize: number;
+  };
+  corpus: {
+    spec: string;
+    name: string;
+    identity: string;
+    /** Tokens used (after `maxTokens`). */
+    nTokens: number;
+    /** Tokens in the whole corpus. */
+    totalTokens: number;
+    /** Token 0; with `vals.npy` it rebuilds the whole token stream (token i+1 = vals[i]). */
+    firstToken: number;
+  };
+  keys: { file: string; dtype: "<f4" | "<f2"; shape: [number, number] };
+  vals: { file: string; dtype: "<i4"; shape: [number] };
+  gather: GatherFingerprint & { windows: number; seconds: number; tokensPerSecond: number };
+  index?: IndexParams & {
+    file: string;
+    ntotal: number;
+    warnings: string[];
+    trainSeconds: number;
+    addSeconds: number;
+  };
+  versions: Record<string, string>;
+}
+
+/** Reads `datastore.json` from `dir`, or `undefined` when there is none. */
+export async function readManifest(dir: string): Promise<DatastoreManifest | undefined> {
+  const path = datastorePaths(dir).manifest;
+  const m = await readJsonIfExists<DatastoreManifest>(path);
+  if (m && m.format !== DATASTORE_FORMAT) {
+    throw new Error(
+      `${path}: datastore format ${m.format} is not supported (this toolkit reads ${DATASTORE_FORMAT})`,
+    );
+  }
+  return m;
+}
+
+/** Writes `datastore.json` atomically (call it after the files it describes are complete). */
+export function writeManifest(dir: string, manifest: DatastoreManifest): Promise<void> {
+  return writeJsonAtomic(datastorePaths(dir).manifest, {
+    ...manifest,
+    updatedAt: new Date().toISOString(),
+  });
+}
+
+/** Lists the fields where two fingerprints differ, as `field: old → new`. */
+export function fingerprintDiff(
+  found: Partial<GatherFingerprint>,
+  wanted: GatherFingerprint,
+): string[] {
+  const out: string[] = [];
+  for (const key of Object.keys(wanted) as (keyof GatherFingerprint)[]) {
+    if (found[key] !== wanted[key]) {
+      const show = (v: unknown) =>
+        typeof v === "string" && v.length === 64 ? `${v.slice(0, 12)}…` : JSON.stringify(v);
+      out.push(`${key}: ${show(found[key])} → ${show(wanted[key])}`);
+    }
+  }
+  return out;
+}
+
+/** Throws a refusal naming each differing setting when a directory holds another datastore. */
+export function refuseMismatch(
+  dir: string,
+  found: Partial<GatherFingerprint>,
+  wanted: GatherFingerprint,
+  what: string,
+): void {
+  const diff = fingerprintDiff(found, wanted);
+  if (diff.length) {
+    throw new Error(
+      `${dir}: holds ${what} made with a different model or settings (${diff.join("; ")}); ` +
+        `refusing to mix them — choose another --out directory or delete ${dir}`,
+    );
+  }
+}
