@@ -103,13 +103,10 @@ export interface DatastoreManifest {
   keys: { file: string; dtype: "<f4" | "<f2"; shape: [number, number] };
   vals: { file: string; dtype: "<i4"; shape: [number] };
   gather: GatherFingerprint & { windows: number; seconds: number; tokensPerSecond: number };
-  index?: IndexParams & {
-    file: string;
-    ntotal: number;
-    warnings: string[];
-    trainSeconds: number;
-    addSeconds: number;
-  };
+  /** The trained, still empty index (`faiss.trained.index`), once training finished. */
+  trained?: IndexParams & { warnings: string[]; seconds: number };
+  /** The finished index (`faiss.index`), once every key was added. */
+  index?: IndexParams & { file: string; ntotal: number; warnings: string[]; seconds: number };
   versions: Record<string, string>;
 }
 

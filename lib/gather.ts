@@ -1,0 +1,247 @@
+/**
+ * Key gathering: run the model over the corpus in sliding windows and write one key row and
+ * one value per position into memory-mapped `.npy` files.
+ *
+ * Rows are written in position order (row i = the context ending at token i, value = token
+ * i + 1). Work is checkpointed at batch boundaries: the arrays are flushed (msync) and then
+ * `gather.progress.json` records how many batches are done, so a re-run after a crash or
+ * Ctrl-C continues from there. Batches are formed the same way on every run, so the resumed
+ * result is byte-identical to an uninterrupted one.
+ *
+ * @module
+ */
+
+import { MappedArray } from "./mmap.ts";
+import { f32ToF16 } from "./npy.ts";
+import { readJsonIfExists, removeIfExists, writeJsonAtomic } from "./_atomic.ts";
+import { datastorePaths, type GatherFingerprint, refuseMismatch } from "./datastore.ts";
+import { planWindows } from "./windows.ts";
+
+/** What gathering needs from a model: its key width and a batched forward pass. */
+export interface KeyModel {
+  /** Width of a key row (the model's hidden size). */
+  readonly dModel: number;
+  /**
+   * Runs `batch` windows of `seq` tokens (row-major `[batch, seq]`) and returns the key tensor
+   * `[batch, seq, dModel]`, row-major float32.
+   */
+  runKeys(tokens: Int32Array, batch: number, seq: number): Promise<Float32Array>;
+}
+
+/** Progress of a gather, reported after every batch. */
+export interface GatherProgress {
+  /** Rows written so far, including those from an earlier run. */
+  done: number;
+  /** Rows in the finished datastore. */
+  total: number;
+  /** Rows that were already there when this run started (resume). */
+  resumedFrom: number;
+}
+
+/** Options of {@link gather}. */
+export interface GatherOptions {
+  /** The model (e.g. an `OnnxLm`). */
+  model: KeyModel;
+  /** Token stream; `tokens.length - 1` rows are produced. */
+  tokens: Int32Array;
+  /** Datastore directory (must exist). */
+  dir: string;
+  /** What identifies the model and corpus in the fingerprint. */
+  identity: Pick<GatherFingerprint, "modelSha256" | "keyTensor" | "corpusIdentity">;
+  /** Window length in tokens. Default 256. */
+  seqLen?: number;
+  /** Window stride in tokens. Default 128. */
+  stride?: number;
+  /** Windows per model call. Default 8. */
+  batchSize?: number;
+  /** Storage dtype of keys. Default "float32". */
+  keyDtype?: "float32" | "float16";
+  /** Flush and checkpoint after at least this many rows. Default 65536. */
+  checkpointRows?: number;
+  /** Called after each batch. */
+  onProgress?: (p: GatherProgress) => void;
+  /** Stops after the batch in flight, leaving a resumable checkpoint. */
+  signal?: AbortSignal;
+}
+
+/** Result of {@link gather}. */
+export interface GatherResult {
+  /** The fingerprint recorded for these keys. */
+  fingerprint: GatherFingerprint;
+  /** Rows in `keys.npy` / `vals.npy`. */
+  rows: number;
+  /** Key width. */
+  dModel: number;
+  /** Number of model windows. */
+  windows: number;
+  /** Rows found done from an earlier run. */
+  resumedFrom: number;
+  /** Seconds spent in this run. */
+  seconds: number;
+}
+
+interface ProgressFile {
+  fingerprint: GatherFingerprint;
+  dModel: number;
+  batchesDone: number;
+  rowsDone: number;
+}
+
+/** Raised when a gather stops on its signal; the checkpoint it left is resumable. */
+export class GatherInterrupted extends Error {
+  /** Rows safely on disk. */
+  readonly rowsDone: number;
+  constructor(rowsDone: number, total: number) {
+    super(`gather interrupted after ${rowsDone} of ${total} rows; run it again to resume`);
+    this.name = "GatherInterrupted";
+    this.rowsDone = rowsDone;
+  }
+}
+
+/** Gathers keys and values into `dir/keys.npy` and `dir/vals.npy`, resuming if it can. */
+export async function gather(opts: GatherOptions): Promise<GatherResult> {
+  const t0 = performance.now();
+  const seqLen = opts.seqLen ?? 256;
+  const stride = opts.stride ?? 128;
+  const batchSize = opts.batchSize ?? 8;
+  const keyDtype = opts.keyDtype ?? "float32";
+  const checkpointRows = opts.checkpointRows ?? 65536;
+  const { tokens, model } = opts;
+  const d = model.dModel;
+  if (!Number.isInteger(d) || d < 1) throw new Error(`model key width must be ≥ 1, found ${d}`);
+  if (!Number.isInteger(batchSize) || batchSize < 1) {
+    throw new RangeError(`batchSize must be an integer ≥ 1, found ${batchSize}`);
+  }
+  const plan = planWindows(tokens.length, seqLen, stride);
+  const rows = plan.positions;
+  const fingerprint: GatherFingerprint = {
+    ...opts.identity,
+    nTokens: tokens.length,
+    seqLen,
+    stride,
+    batchSize,
+    keyDtype,
+  };
+  const paths = datastorePaths(opts.dir);
+  const keysTmp = `${paths.keys}.tmp`;
+  const valsTmp = `${paths.vals}.tmp`;
+  const keyNpy = keyDtype === "float16" ? "<f2" : "<f4";
+
+  // Resume from a checkpoint of the same gather, or start afresh (stale .tmp files are reset).
+  const progress = await readJsonIfExists<ProgressFile>(paths.gatherProgress);
+  let keys: MappedArray;
+  let vals: MappedArray;
+  let batchesDone = 0;
+  let rowsDone = 0;
+  if (progress) {
+    refuseMismatch(opts.dir, progress.fingerprint, fingerprint, "an unfinished gather");
+    keys = MappedArray.open(keysTmp, { mode: "r+" });
+    vals = MappedArray.open(valsTmp, { mode: "r+" });
+    if (keys.rows !== rows || keys.rowLength !== d || vals.rows !== rows) {
+      keys.close();
+      vals.close();
+      throw new Error(
+        `${keysTmp}: shape [${keys.shape}] does not match the checkpoint ([${rows}, ${d}]); ` +
+          `delete ${paths.gatherProgress} to start the gather over`,
+      );
+    }
+    batchesDone = progress.batchesDone;
+    rowsDone = progress.rowsDone;
+  } else {
+    keys = MappedArray.create(keysTmp, { dtype: keyNpy, shape: [rows, d] });
+    vals = MappedArray.create(valsTmp, { dtype: "<i4", shape: [rows] });
+  }
+  const resumedFrom = rowsDone;
+
+  try {
+    keys.advise("sequential");
+    const L = plan.length;
+    const nBatches = Math.ceil(plan.count / batchSize);
+    const batchInput = (b: number) => {
+      const first = b * batchSize;
+      const n = Math.min(batchSize, plan.count - first);
+      const input = new Int32Array(n * L);
+      for (let j = 0; j < n; j++) {
+        const w = plan.at(first + j);
+        input.set(tokens.subarray(w.start, w.end), j * L);
+      }
+      return { first, n, input };
+    };
+    const launch = (b: number) => {
+      const { first, n, input } = batchInput(b);
+      return { first, n, out: model.runKeys(input, n, L) };
+    };
+
+    let sinceCheckpoint = 0;
+    let checkpointFrom = rowsDone;
+    const checkpoint = async () => {
+      if (rowsDone > checkpointFrom) {
+        keys.flush(checkpointFrom, rowsDone);
+        vals.flush(checkpointFrom, rowsDone);
+      }
+      await writeJsonAtomic(
+        paths.gatherProgress,
+        {
+          fingerprint,
+          dModel: d,
+          batchesDone,
+          rowsDone,
+        } satisfies ProgressFile,
+      );
+      checkpointFrom = rowsDone;
+      sinceCheckpoint = 0;
+    };
+    if (!progress) await checkpoint();
+
+    // One batch in flight while the previous one is copied into the maps.
+    let pending = batchesDone < nBatches ? launch(batchesDone) : undefined;
+    while (pending) {
+      const { first, n } = pending;
+      const out = await pending.out;
+      if (out.length !== n * L * d) {
+        throw new Error(
+          `model returned ${out.length} key values for a [${n}, ${L}] batch; ` +
+            `expected ${n * L * d} (= ${n}·${L}·${d})`,
+        );
+      }
+      const next = batchesDone + 1;
+      pending = next < nBatches && !opts.signal?.aborted ? launch(next) : undefined;
+      for (let j = 0; j < n; j++) {
+        const w = plan.at(first + j);
+        const from = (j * L + (w.scoreFrom - w.start)) * d;
+        const src = out.subarray(from, from + (w.end - w.scoreFrom) * d);
+        const dst = keys.view(w.scoreFrom, w.end);
+        if (keyDtype === "float16") f32ToF16(src, dst as Uint16Array);
+        else (dst as Float32Array).set(src);
+        (vals.view(w.scoreFrom, w.end) as Int32Array).set(
+          tokens.subarray(w.scoreFrom + 1, w.end + 1),
+        );
+        sinceCheckpoint += w.end - w.scoreFrom;
+        rowsDone = w.end;
+      }
+      batchesDone = next;
+      if (sinceCheckpoint >= checkpointRows || batchesDone === nBatches) await checkpoint();
+      opts.onProgress?.({ done: rowsDone, total: rows, resumedFrom });
+      if (opts.signal?.aborted && batchesDone < nBatches) {
+        await checkpoint();
+        throw new GatherInterrupted(rowsDone, rows);
+      }
+    }
+  } finally {
+    keys.close();
+    vals.close();
+  }
+
+  // Complete: give the arrays their final names, then drop the checkpoint.
+  await Deno.rename(keysTmp, paths.keys);
+  await Deno.rename(valsTmp, paths.vals);
+  await removeIfExists(paths.gatherProgress);
+  return {
+    fingerprint,
+    rows,
+    dModel: d,
+    windows: plan.count,
+    resumedFrom,
+    seconds: (performance.now() - t0) / 1000,
+  };
+}

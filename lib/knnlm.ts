@@ -1,0 +1,200 @@
+/**
+ * `KnnLm`: the interpolated next-token distribution for a context, from the datastore's model
+ * and its neighbours — enough to drive generation from a script.
+ *
+ * @module
+ */
+
+import { sha256File } from "./_hash.ts";
+import { Datastore } from "./eval.ts";
+import { knnDistribution } from "./knn_math.ts";
+import { OnnxLm } from "./onnx/mod.ts";
+
+/**
+ * Opens the model a datastore was built with, refusing a file whose sha256 differs from the
+ * one recorded in `datastore.json`. `path` overrides the recorded location.
+ */
+export async function openDatastoreModel(
+  ds: Datastore,
+  opts: { path?: string; threads?: number } = {},
+): Promise<OnnxLm> {
+  const m = ds.manifest.model;
+  const path = opts.path ?? m.path;
+  let sha: string;
+  try {
+    sha = await sha256File(path);
+  } catch (e) {
+    throw new Error(`${path}: cannot read the model ${ds.dir} was built with (${(e as Error).message})`, {
+      cause: e,
+    });
+  }
+  if (sha !== m.sha256) {
+    throw new Error(
+      `${path}: not the model ${ds.dir} was built with ` +
+        `(sha256 ${sha.slice(0, 12)}… ≠ ${m.sha256.slice(0, 12)}… in datastore.json)`,
+    );
+  }
+  return await OnnxLm.open(path, {
+    keyTensor: m.keyTensor,
+    logitsOutput: m.logitsOutput,
+    threads: opts.threads,
+  });
+}
+
+/** Options of {@link KnnLm.open}. */
+export interface KnnLmOptions {
+  /** Datastore directory. */
+  datastore: string;
+  /** Model path, if it moved since the datastore was built (must have the same sha256). */
+  model?: string;
+  /** Neighbours per query. Default 1024. */
+  k?: number;
+  /** Weight of p_kNN. Default 0.25. */
+  lambda?: number;
+  /** Softmax temperature on distances. Default 1. */
+  temperature?: number;
+  /** Lists probed. Default: the datastore's. */
+  nprobe?: number;
+  /** Distances: recomputed exactly from keys.npy (default) or FAISS's approximate ones. */
+  distance?: "exact" | "faiss";
+  /** Threads for the model. Default: ONNX Runtime's. */
+  threads?: number;
+}
+
+/** One retrieved neighbour. */
+export interface Neighbour {
+  /** Row in the datastore (= corpus position of the context's last token). */
+  row: number;
+  /** Squared L2 distance used for the vote. */
+  distance: number;
+  /** The token that followed it in the corpus. */
+  token: number;
+}
+
+/** The next-token distributions for one context. */
+export interface NextToken {
+  /** p_LM over the vocabulary. */
+  lm: Float64Array;
+  /** p_kNN over the vocabulary. */
+  knn: Float64Array;
+  /** (1 − λ)·p_LM + λ·p_kNN. */
+  mixed: Float64Array;
+  /** The k neighbours, nearest first. */
+  neighbours: Neighbour[];
+}
+
+/**
+ * A kNN-LM: the datastore's model plus its neighbours.
+ *
+ * @example
+ * ```ts ignore
+ * import { encodeBytes, KnnLm } from "./mod.ts";
+ * using lm = await KnnLm.open({ datastore: "data/default", k: 64, lambda: 0.25 });
+ * const tokens = Array.from(encodeBytes("The jury said"));
+ * for (let i = 0; i < 20; i++) {
+ *   const { mixed } = await lm.next(Int32Array.from(tokens));
+ *   tokens.push(mixed.indexOf(Math.max(...mixed))); // greedy
+ * }
+ * ```
+ */
+export class KnnLm implements Disposable {
+  /** The open datastore. */
+  readonly datastore: Datastore;
+  /** The model. */
+  readonly model: OnnxLm;
+  /** Neighbours per query. */
+  readonly k: number;
+  /** Weight of p_kNN. */
+  readonly lambda: number;
+  /** Softmax temperature. */
+  readonly temperature: number;
+  /** Distance mode. */
+  readonly distance: "exact" | "faiss";
+
+  private constructor(ds: Datastore, model: OnnxLm, o: Required<Omit<KnnLmOptions, "datastore" | "model" | "nprobe" | "threads">>) {
+    this.datastore = ds;
+    this.model = model;
+    this.k = o.k;
+    this.lambda = o.lambda;
+    this.temperature = o.temperature;
+    this.distance = o.distance;
+  }
+
+  /** Opens a datastore and its model. */
+  static async open(opts: KnnLmOptions): Promise<KnnLm> {
+    const k = opts.k ?? 1024;
+    const lambda = opts.lambda ?? 0.25;
+    if (!(lambda >= 0 && lambda <= 1)) throw new RangeError(`lambda must be in [0, 1], found ${lambda}`);
+    const ds = await Datastore.open(opts.datastore, { nprobe: opts.nprobe });
+    try {
+      if (!Number.isInteger(k) || k < 1 || k > ds.size) {
+        throw new RangeError(`k must be an integer in 1..${ds.size} (datastore size), found ${k}`);
+      }
+      const model = await openDatastoreModel(ds, { path: opts.model, threads: opts.threads });
+      return new KnnLm(ds, model, {
+        k,
+        lambda,
+        temperature: opts.temperature ?? 1,
+        distance: opts.distance ?? "exact",
+      });
+    } catch (e) {
+      ds.close();
+      throw e;
+    }
+  }
+
+  /** Corpus tokens [start, end) of the datastore (clamped to the stream). */
+  corpusTokens(start: number, end: number): Int32Array {
+    const s = Math.max(0, start);
+    const e = Math.min(this.datastore.manifest.corpus.nTokens, end);
+    const out = new Int32Array(Math.max(0, e - s));
+    for (let j = s; j < e; j++) out[j - s] = this.datastore.token(j);
+    return out;
+  }
+
+  /** Next-token distributions after `context` (its last `seqLen` tokens are used). */
+  async next(context: Int32Array): Promise<NextToken> {
+    if (context.length < 1) throw new RangeError("the context needs at least one token");
+    const seqLen = this.datastore.manifest.gather.seqLen;
+    const window = context.subarray(Math.max(0, context.length - seqLen));
+    const L = window.length;
+    const { logits, keys } = await this.model.runBoth(window, 1, L);
+    const V = this.model.vocabSize;
+    const d = this.model.dModel;
+    const lo = logits.subarray((L - 1) * V, L * V);
+    const query = keys.slice((L - 1) * d, L * d);
+    let max = -Infinity;
+    for (const x of lo) max = Math.max(max, x);
+    const lm = new Float64Array(V);
+    let z = 0;
+    for (let v = 0; v < V; v++) z += lm[v] = Math.exp(lo[v] - max);
+    for (let v = 0; v < V; v++) lm[v] /= z;
+    const { distances, labels } = await this.datastore.index.searchAsync(query, this.k);
+    const dist = this.distance === "exact"
+      ? this.datastore.exactDistances(query, labels, this.k)
+      : (this.datastore.manifest.index?.metric === "ip" ? distances.map((x) => -x) : distances);
+    const vals = new Int32Array(this.k);
+    const neighbours: Neighbour[] = [];
+    for (let j = 0; j < this.k; j++) {
+      const row = Number(labels[j]);
+      vals[j] = row < 0 ? -1 : this.datastore.val(row);
+      if (row >= 0) neighbours.push({ row, distance: dist[j], token: vals[j] });
+    }
+    neighbours.sort((a, b) => a.distance - b.distance);
+    const knn = knnDistribution(dist, vals, V, this.temperature);
+    const mixed = new Float64Array(V);
+    for (let v = 0; v < V; v++) mixed[v] = (1 - this.lambda) * lm[v] + this.lambda * knn[v];
+    return { lm, knn, mixed, neighbours };
+  }
+
+  /** Releases the model and the datastore. */
+  close(): void {
+    this.model.close();
+    this.datastore.close();
+  }
+
+  /** Same as {@link close}. */
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}
