@@ -20,7 +20,7 @@ export interface ScoringModel {
   /** Vocabulary size (width of a logits row). */
   readonly vocabSize: number;
   /** `[batch, seq]` tokens → logits `[batch, seq, vocab]` and keys `[batch, seq, dModel]`. */
-  runBoth(
+  run(
     tokens: Int32Array,
     batch: number,
     seq: number,
@@ -273,7 +273,7 @@ export async function evaluate(opts: EvalOptions): Promise<EvalResult> {
       const w = plan.at(first + j);
       input.set(tokens.subarray(w.start, w.end), j * L);
     }
-    return { first, nw, out: model.runBoth(input, nw, L) };
+    return { first, nw, out: model.run(input, nw, L) };
   };
   const neighbourVals = new Int32Array(k);
   let pending: ReturnType<typeof launch> | undefined = launch(0);

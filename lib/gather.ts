@@ -13,7 +13,7 @@
 
 import { MappedArray } from "./mmap.ts";
 import { f32ToF16 } from "./npy.ts";
-import { readJsonIfExists, removeIfExists, writeJsonAtomic } from "./_atomic.ts";
+import { readJsonIfExists, writeJsonAtomic } from "./_atomic.ts";
 import { datastorePaths, type GatherFingerprint, refuseMismatch } from "./datastore.ts";
 import { planWindows } from "./windows.ts";
 
@@ -98,6 +98,15 @@ export class GatherInterrupted extends Error {
   }
 }
 
+async function finishRenames(tmp: string, final: string) {
+  try {
+    await Deno.rename(tmp, final);
+  } catch (e) {
+    if (!(e instanceof Deno.errors.NotFound)) throw e;
+    await Deno.stat(final); // already renamed: it must be there
+  }
+}
+
 /** Gathers keys and values into `dir/keys.npy` and `dir/vals.npy`, resuming if it can. */
 export async function gather(opts: GatherOptions): Promise<GatherResult> {
   const t0 = performance.now();
@@ -129,6 +138,21 @@ export async function gather(opts: GatherOptions): Promise<GatherResult> {
 
   // Resume from a checkpoint of the same gather, or start afresh (stale .tmp files are reset).
   const progress = await readJsonIfExists<ProgressFile>(paths.gatherProgress);
+  const nBatches = Math.ceil(plan.count / batchSize);
+  if (progress && progress.batchesDone === nBatches) {
+    // A finished gather that stopped before its files were renamed: finish the renames.
+    refuseMismatch(opts.dir, progress.fingerprint, fingerprint, "an unfinished gather");
+    await finishRenames(keysTmp, paths.keys);
+    await finishRenames(valsTmp, paths.vals);
+    return {
+      fingerprint,
+      rows,
+      dModel: d,
+      windows: plan.count,
+      resumedFrom: rows,
+      seconds: (performance.now() - t0) / 1000,
+    };
+  }
   let keys: MappedArray;
   let vals: MappedArray;
   let batchesDone = 0;
@@ -152,11 +176,11 @@ export async function gather(opts: GatherOptions): Promise<GatherResult> {
     vals = MappedArray.create(valsTmp, { dtype: "<i4", shape: [rows] });
   }
   const resumedFrom = rowsDone;
+  let stopPending = () => {};
 
   try {
     keys.advise("sequential");
     const L = plan.length;
-    const nBatches = Math.ceil(plan.count / batchSize);
     const batchInput = (b: number) => {
       const first = b * batchSize;
       const n = Math.min(batchSize, plan.count - first);
@@ -195,6 +219,8 @@ export async function gather(opts: GatherOptions): Promise<GatherResult> {
 
     // One batch in flight while the previous one is copied into the maps.
     let pending = batchesDone < nBatches ? launch(batchesDone) : undefined;
+    // A batch still in flight after an error must not reject unobserved.
+    stopPending = () => pending?.out.catch(() => {});
     while (pending) {
       const { first, n } = pending;
       const out = await pending.out;
@@ -228,14 +254,15 @@ export async function gather(opts: GatherOptions): Promise<GatherResult> {
       }
     }
   } finally {
+    stopPending();
     keys.close();
     vals.close();
   }
 
-  // Complete: give the arrays their final names, then drop the checkpoint.
+  // Complete: give the arrays their final names. The checkpoint stays until the caller has
+  // recorded the gather in datastore.json (then it calls removeIfExists on it).
   await Deno.rename(keysTmp, paths.keys);
   await Deno.rename(valsTmp, paths.vals);
-  await removeIfExists(paths.gatherProgress);
   return {
     fingerprint,
     rows,

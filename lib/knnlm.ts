@@ -158,7 +158,7 @@ export class KnnLm implements Disposable {
     const seqLen = this.datastore.manifest.gather.seqLen;
     const window = context.subarray(Math.max(0, context.length - seqLen));
     const L = window.length;
-    const { logits, keys } = await this.model.runBoth(window, 1, L);
+    const { logits, keys } = await this.model.run(window, 1, L);
     const V = this.model.vocabSize;
     const d = this.model.dModel;
     const lo = logits.subarray((L - 1) * V, L * V);

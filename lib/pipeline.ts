@@ -141,7 +141,10 @@ export async function buildIndex(
       }
       emit({ type: "start", stage: "gather", detail: `${nTokens} tokens` });
       const g = await gather({
-        model: { dModel: model.dModel, runKeys: (t, b, s) => model.runKeys(t, b, s) },
+        model: {
+          dModel: model.dModel,
+          runKeys: async (t, b, s) => (await model.run(t, b, s, { logits: false })).keys,
+        },
         tokens,
         dir,
         identity: { modelSha256, keyTensor: config.keyTensor, corpusIdentity: corpus.identity },
