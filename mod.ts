@@ -3,4 +3,22 @@
  *
  * @module
  */
-export {};
+
+// Configuration: defaults < JSONC file < flags, validated with errors naming source and key.
+export {
+  configArgOptions,
+  ConfigError,
+  type ConfigIssue,
+  type ConfigKeyDescription,
+  type ConfigSource,
+  type DeepPartial,
+  DEFAULT_CONFIG,
+  describeConfigKeys,
+  type EvalConfig,
+  type IndexConfig,
+  type KnnlmConfig,
+  loadConfig,
+  type LoadConfigOptions,
+  type LoadedConfig,
+  parseJsonc,
+} from "./lib/config.ts";
