@@ -22,3 +22,23 @@ export {
   type LoadedConfig,
   parseJsonc,
 } from "./lib/config.ts";
+
+// ONNX causal LMs: inspect inputs/outputs/key candidates, expose any intermediate tensor as
+// the key (cached edited copy, user's file untouched), and run the model with onnxruntime.
+export {
+  formatModelInspection,
+  type InputInfo,
+  type InputRole,
+  inspectModel,
+  type InspectOptions,
+  type KeyCandidate,
+  type ModelInspection,
+  type TensorInfo,
+} from "./lib/onnx/inspect.ts";
+export {
+  defaultOnnxCacheDir,
+  type ExposedModel,
+  type ExposeOptions,
+  exposeTensors,
+} from "./lib/onnx/expose.ts";
+export { type LmOutput, OnnxLm, type OnnxLmOptions, type RunOptions } from "./lib/onnx/runner.ts";

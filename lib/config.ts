@@ -663,7 +663,7 @@ function toolkitRoot(): string | undefined {
  *
  * @example
  * ```ts
- * import { loadConfig } from "./lib/config.ts";
+ * import { loadConfig } from "@knnlm/knnlm";
  * const { config, sources } = loadConfig({ flags: { "seq-len": "512", nlist: "1024" } });
  * console.log(config.seqLen, sources["index.nlist"]); // 512 "--nlist"
  * ```
