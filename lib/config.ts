@@ -561,14 +561,68 @@ export function parseJsonc(text: string): unknown {
     return JSON.parse(cleaned);
   } catch (e) {
     const msg = (e as Error).message;
-    const pos = /position (\d+)/.exec(msg);
-    const where = pos ? ` at ${lineCol(text, Number(pos[1]))}` : "";
+    const pos = Number(/position (\d+)/.exec(msg)?.[1] ?? jsonErrorPosition(cleaned));
+    const where = Number.isFinite(pos) ? ` at ${lineCol(text, pos)}` : "";
     // V8 either appends the position or quotes the whole text; keep neither.
     const what = msg.replace(/ in JSON at position.*$/, "").replace(
-      /, ".*" is not valid JSON$/s,
+      /, (\.\.\.)?".*" is not valid JSON$/s,
       "",
     );
     throw new SyntaxError(`invalid JSON${where}: ${what}`);
+  }
+}
+
+/**
+ * Offset of the first syntax error in `s` (strict JSON), for the V8 messages that do not give
+ * one; NaN if none is found.
+ */
+function jsonErrorPosition(s: string): number {
+  let i = 0;
+  const ws = () => {
+    while (i < s.length && " \t\n\r".includes(s[i])) i++;
+  };
+  const fail = (): never => {
+    throw i;
+  };
+  const value = (): void => {
+    ws();
+    const c = s[i];
+    if (c === "{" || c === "[") {
+      const close = c === "{" ? "}" : "]";
+      i++;
+      ws();
+      if (s[i] === close) return void i++;
+      for (;;) {
+        if (c === "{") {
+          ws();
+          if (s[i] !== '"') fail();
+          value();
+          ws();
+          if (s[i] !== ":") fail();
+          i++;
+        }
+        value();
+        ws();
+        if (s[i] === ",") i++;
+        else if (s[i] === close) return void i++;
+        else fail();
+      }
+    } else if (c === '"') {
+      for (i++; i < s.length && s[i] !== '"'; i++) if (s[i] === "\\") i++;
+      if (i >= s.length) fail();
+      i++;
+    } else {
+      const m = /^(-?(0|[1-9]\d*)(\.\d+)?([eE][+-]?\d+)?|true|false|null)/.exec(s.slice(i));
+      if (!m) fail();
+      i += m![0].length;
+    }
+  };
+  try {
+    value();
+    ws();
+    return i < s.length ? i : NaN;
+  } catch (at) {
+    return typeof at === "number" ? at : NaN;
   }
 }
 
@@ -648,6 +702,42 @@ function flagLayer(
 
 // ---------------------------------------------------------------------------------------------
 // Loading
+
+/** Result of {@linkcode coerceFlags}. */
+export interface CoercedFlags {
+  /** The flag values as a nested partial configuration. */
+  values: DeepPartial<KnnlmConfig>;
+  /** Dotted key → the flag that set it (`"--nlist"`). */
+  sources: Record<string, string>;
+}
+
+/**
+ * Converts `parseArgs` string values into typed configuration values and checks each one
+ * (type and range; cross-field bounds such as `stride ≤ seqLen` need the merged result and
+ * are checked by {@linkcode loadConfig}, which calls this for its `flags` layer).
+ *
+ * @param flags `parseArgs(...).values`; names without dashes, e.g. `"seq-len"`, `"nlist"`
+ * @param options `ignore`: flag names that are not configuration keys
+ * @throws {ConfigError} naming each bad `--flag`, its key and what is allowed
+ */
+export function coerceFlags(
+  flags: Record<string, unknown>,
+  options: { ignore?: readonly string[] } = {},
+): CoercedFlags {
+  const issues: ConfigIssue[] = [];
+  const { values, source } = flagLayer(flags, options.ignore ?? [], issues);
+  const out: CoercedFlags = { values: {}, sources: {} };
+  for (const [path, v] of values) {
+    const message = check(LEAF_BY_PATH.get(path)!, v);
+    if (message) issues.push({ source: source.get(path)!, key: path, message });
+    else {
+      setPath(out.values as Record<string, unknown>, path, v);
+      out.sources[path] = source.get(path)!;
+    }
+  }
+  if (issues.length) throw new ConfigError(issues);
+  return out;
+}
 
 /** The toolkit's root directory (this file is `lib/config.ts`), or undefined if not local. */
 function toolkitRoot(): string | undefined {

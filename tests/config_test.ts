@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import {
+  coerceFlags,
   configArgOptions,
   ConfigError,
   DEFAULT_CONFIG,
@@ -95,6 +96,10 @@ Deno.test("a JSON syntax error names the file and the line", () => {
   assert.equal(rest.length, 0);
   assert.equal(issue.source, file);
   assert.match(issue.message, /invalid JSON at line 3, column 3/);
+  // V8 gives no position for some errors; the line is still found.
+  const file2 = writeConfig(`{\n  // comment\n  "seqLen": }`);
+  const [issue2] = issuesOf(() => loadConfig({ file: file2 }));
+  assert.equal(issue2.message, "invalid JSON at line 3, column 13: Unexpected token '}'");
 });
 
 Deno.test("a missing config file is an error naming its path", () => {
@@ -198,6 +203,22 @@ Deno.test("parseArgs declarations from configArgOptions feed loadConfig directly
   assert.equal(config.seqLen, 128);
   assert.equal(config.stride, 32);
   assert.equal(config.index.nlist, 64);
+});
+
+Deno.test("coerceFlags turns parseArgs strings into a typed partial config on its own", () => {
+  const { values, sources } = coerceFlags({ "seq-len": "64", nprobe: "4", verbose: true }, {
+    ignore: ["verbose"],
+  });
+  assert.deepEqual(values, { seqLen: 64, index: { nprobe: 4 } });
+  assert.deepEqual(sources, { seqLen: "--seq-len", "index.nprobe": "--nprobe" });
+  assert.throws(
+    () => coerceFlags({ metric: "cosine" }),
+    new ConfigError([{
+      source: "--metric",
+      key: "index.metric",
+      message: 'expected one of "l2", "ip", found "cosine"',
+    }]),
+  );
 });
 
 Deno.test("the defaults option replaces built-in defaults and is validated", () => {

@@ -279,6 +279,17 @@ Deno.test("run rejects wrong sizes, out-of-vocabulary ids, and use after close",
   await assert.rejects(() => lm.run(new Int32Array(2), 1, 2), /OnnxLm is closed/);
 });
 
+Deno.test("a window longer than the model's context fails naming the shape, with a hint", async () => {
+  using lm = await OnnxLm.open(TINY, { threads: 1 });
+  await assert.rejects(() => lm.run(new Int32Array(40), 1, 40), (e: Error) => {
+    assert.ok(e.message.startsWith(`${TINY}: inference failed on a [1, 40] batch: `));
+    assert.ok(e.message.endsWith("(is seq = 40 longer than the model's context?)"));
+    return true;
+  });
+  // The session stays usable.
+  assert.equal((await lm.run(new Int32Array(32), 1, 32)).keys.length, 32 * 64);
+});
+
 Deno.test("open names unsupported inputs and a missing logits output", async () => {
   await assert.rejects(
     () => OnnxLm.open(FP16),

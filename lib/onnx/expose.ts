@@ -138,7 +138,17 @@ export async function exposeTensors(
   options: ExposeOptions = {},
 ): Promise<ExposedModel> {
   const bytes = await readModelFile(path);
-  const model = parseModelAt(path, bytes);
+  return await exposeInModel(path, bytes, parseModelAt(path, bytes), tensors, options);
+}
+
+/** {@linkcode exposeTensors} for a model already read and parsed (saves a second read). */
+export async function exposeInModel(
+  path: string,
+  bytes: Uint8Array,
+  model: OnnxModel,
+  tensors: readonly string[],
+  options: ExposeOptions = {},
+): Promise<ExposedModel> {
   const added = [...new Set(tensors)].filter((t) =>
     locateTensor(path, model, t) === "intermediate"
   );

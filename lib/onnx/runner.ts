@@ -7,7 +7,7 @@
 import { closest } from "../_suggest.ts";
 import { readModelFile } from "./_files.ts";
 import { ort } from "./_ort.ts";
-import { exposeTensors, locateTensor } from "./expose.ts";
+import { exposeInModel, locateTensor } from "./expose.ts";
 import { type InputInfo, inputRole, parseModelAt } from "./inspect.ts";
 import type { OnnxModel, TensorType } from "./model_proto.ts";
 
@@ -160,7 +160,9 @@ export class OnnxLm {
       );
     }
     locateTensor(path, model, keyTensor);
-    const exposed = await exposeTensors(path, [keyTensor], { cacheDir: options.cacheDir });
+    const exposed = await exposeInModel(path, bytes, model, [keyTensor], {
+      cacheDir: options.cacheDir,
+    });
 
     const session = await ort.InferenceSession.create(exposed.path, {
       intraOpNumThreads: threads,
@@ -226,12 +228,16 @@ export class OnnxLm {
     }
     const fetches = withLogits ? [this.logitsOutput, this.keyTensor] : [this.keyTensor];
     try {
-      return await session.run(feeds, fetches);
+      // Failures are rethrown with their message below; keep ONNX Runtime's logger quiet.
+      return await session.run(feeds, fetches, { logSeverityLevel: 4 });
     } catch (e) {
+      const msg = (e as Error).message;
+      // An embedding lookup past the table usually means seq exceeds the model's context.
+      const hint = /out of (data )?bounds|out of range/i.test(msg)
+        ? ` (is seq = ${seq} longer than the model's context?)`
+        : "";
       throw new Error(
-        `${this.modelPath}: inference failed on a [${batch}, ${seq}] batch: ${
-          (e as Error).message
-        }`,
+        `${this.modelPath}: inference failed on a [${batch}, ${seq}] batch: ${msg}${hint}`,
         { cause: e },
       );
     }
