@@ -1,0 +1,407 @@
+/**
+ * Runs an ONNX causal LM with onnxruntime-node and returns its logits and key tensor as
+ * float32 arrays.
+ *
+ * @module
+ */
+import { closest } from "../_suggest.ts";
+import { readModelFile } from "./_files.ts";
+import { ort } from "./_ort.ts";
+import { exposeInModel, locateTensor } from "./expose.ts";
+import { type InputInfo, inputRole, parseModelAt } from "./inspect.ts";
+import type { OnnxModel, TensorType } from "./model_proto.ts";
+
+/** Options for {@linkcode OnnxLm.open}. */
+export interface OnnxLmOptions {
+  /** Key tensor: a graph output or any intermediate tensor name (default `"ff_input"`). */
+  keyTensor?: string;
+  /** Graph output holding the logits `[batch, seq, vocab]` (default `"logits"`). */
+  logitsOutput?: string;
+  /** ONNX Runtime intra-op threads; 0 lets ONNX Runtime use all cores (default 0). */
+  threads?: number;
+  /** ONNX Runtime graph optimization level (default `"all"`). */
+  graphOptimizationLevel?: "disabled" | "basic" | "extended" | "all";
+  /** Cache directory for models with an exposed intermediate key tensor. */
+  cacheDir?: string;
+}
+
+/** Options for {@linkcode OnnxLm.run}. */
+export interface RunOptions {
+  /**
+   * Fetch the logits too (default true). With `false` only the key tensor is fetched and
+   * ONNX Runtime skips the nodes that only the logits need (the LM head, and anything after
+   * the key), which saves most with large vocabularies.
+   */
+  logits?: boolean;
+}
+
+/** Output of {@linkcode OnnxLm.run}. */
+export interface LmOutput<L extends Float32Array | null = Float32Array> {
+  /** `[batch, seq, vocabSize]` float32, row-major; `null` when not requested. */
+  logits: L;
+  /** `[batch, seq, dModel]` float32, row-major: row (b, t) is the key of the context ending at t. */
+  keys: Float32Array;
+}
+
+type Feed = "tokens" | "attention_mask" | "position_ids";
+interface FeedSpec {
+  name: string;
+  role: Feed;
+  type: string;
+  /** Whether `position_ids` is declared with a fixed batch dimension of 1. */
+  batchOne: boolean;
+}
+
+const TOKEN_TYPES = new Set(["int64", "int32"]);
+const MASK_TYPES = new Set(["int64", "int32", "float32", "bool", "uint8", "int8"]);
+
+/** IEEE half → float via a 64 KiB lookup table built on first use. */
+let halfTable: Float32Array | undefined;
+function halfToFloat32(src: Uint16Array): Float32Array {
+  if (!halfTable) {
+    halfTable = new Float32Array(65536);
+    for (let h = 0; h < 65536; h++) {
+      const sign = h & 0x8000 ? -1 : 1;
+      const exp = (h >> 10) & 0x1f;
+      const frac = h & 0x3ff;
+      halfTable[h] = exp === 0
+        ? sign * frac * 2 ** -24
+        : exp === 31
+        ? (frac ? NaN : sign * Infinity)
+        : sign * (1 + frac / 1024) * 2 ** (exp - 15);
+    }
+  }
+  const out = new Float32Array(src.length);
+  for (let i = 0; i < src.length; i++) out[i] = halfTable[src[i]];
+  return out;
+}
+
+function lastDim(type: TensorType | null | undefined): number | undefined {
+  const d = type?.shape?.at(-1);
+  return typeof d === "number" ? d : undefined;
+}
+
+/**
+ * An ONNX causal LM session: feeds token ids (plus an all-ones `attention_mask` and
+ * `0..seq-1` `position_ids` when the model takes them) and returns float32 logits and keys.
+ *
+ * @example
+ * ```ts
+ * import { OnnxLm } from "@knnlm/knnlm";
+ * using lm = await OnnxLm.open("tests/fixtures/tiny_lm.onnx", { keyTensor: "ff_input" });
+ * const { logits, keys } = await lm.run(new Int32Array([116, 104, 101]), 1, 3);
+ * console.log(logits.length === 3 * lm.vocabSize, keys.length === 3 * lm.dModel);
+ * ```
+ */
+export class OnnxLm {
+  #session: ort.InferenceSession | null;
+  readonly #feeds: FeedSpec[];
+  /** The model file the user gave. */
+  readonly modelPath: string;
+  /** The file onnxruntime loaded: `modelPath`, or a cached copy exposing the key tensor. */
+  readonly sessionPath: string;
+  /** Key tensor name. */
+  readonly keyTensor: string;
+  /** Logits output name. */
+  readonly logitsOutput: string;
+  /** Size of the logits' last dimension. */
+  readonly vocabSize: number;
+  /** Size of the keys' last dimension. */
+  readonly dModel: number;
+  /** Graph inputs and how they are fed. */
+  readonly inputs: readonly InputInfo[];
+
+  private constructor(init: {
+    session: ort.InferenceSession;
+    feeds: FeedSpec[];
+    modelPath: string;
+    sessionPath: string;
+    keyTensor: string;
+    logitsOutput: string;
+    vocabSize: number;
+    dModel: number;
+    inputs: InputInfo[];
+  }) {
+    this.#session = init.session;
+    this.#feeds = init.feeds;
+    this.modelPath = init.modelPath;
+    this.sessionPath = init.sessionPath;
+    this.keyTensor = init.keyTensor;
+    this.logitsOutput = init.logitsOutput;
+    this.vocabSize = init.vocabSize;
+    this.dModel = init.dModel;
+    this.inputs = init.inputs;
+  }
+
+  /**
+   * Opens a model. An intermediate `keyTensor` is exposed as an output in a cached copy (see
+   * `exposeTensors`); the user's file is never modified. When the output shapes do not fix
+   * `vocabSize`/`dModel`, one probe run on two tokens determines them.
+   *
+   * @throws Error naming the path for a missing file, unsupported inputs, a missing logits
+   *   output or an unknown key tensor (with close names)
+   */
+  static async open(path: string, options: OnnxLmOptions = {}): Promise<OnnxLm> {
+    const keyTensor = options.keyTensor ?? "ff_input";
+    const logitsOutput = options.logitsOutput ?? "logits";
+    const threads = options.threads ?? 0;
+    if (!Number.isSafeInteger(threads) || threads < 0) {
+      throw new RangeError(`threads: expected an integer ≥ 0, found ${threads}`);
+    }
+    const bytes = await readModelFile(path);
+    const model = parseModelAt(path, bytes);
+    const feeds = feedSpecs(path, model);
+    if (!model.outputs.some((o) => o.name === logitsOutput)) {
+      const names = model.outputs.map((o) => `"${o.name}"`).join(", ");
+      const hint = closest(logitsOutput, model.outputs.map((o) => o.name));
+      throw new Error(
+        `${path}: no graph output "${logitsOutput}" for the logits; outputs are ${names}` +
+          (hint ? ` (did you mean "${hint}"?)` : ""),
+      );
+    }
+    locateTensor(path, model, keyTensor);
+    const exposed = await exposeInModel(path, bytes, model, [keyTensor], {
+      cacheDir: options.cacheDir,
+    });
+
+    const session = await ort.InferenceSession.create(exposed.path, {
+      intraOpNumThreads: threads,
+      interOpNumThreads: 1,
+      executionMode: "sequential",
+      graphOptimizationLevel: options.graphOptimizationLevel ?? "all",
+    });
+    const meta = (name: string) => session.outputMetadata.find((m) => m.name === name);
+    const staticLast = (name: string, declared: TensorType | null | undefined) => {
+      const m = meta(name);
+      const d = m && m.isTensor ? m.shape.at(-1) : undefined;
+      return typeof d === "number" && d > 0 ? d : lastDim(declared);
+    };
+    const lm = new OnnxLm({
+      session,
+      feeds,
+      modelPath: path,
+      sessionPath: exposed.path,
+      keyTensor,
+      logitsOutput,
+      vocabSize: staticLast(
+        logitsOutput,
+        model.outputs.find((o) => o.name === logitsOutput)?.type,
+      ) ?? 0,
+      dModel: staticLast(keyTensor, model.valueInfo.get(keyTensor)?.type) ?? 0,
+      inputs: model.inputs.map((i) => ({
+        name: i.name,
+        elemType: i.type?.elemTypeName ?? "unknown",
+        shape: i.type?.shape ?? null,
+        role: inputRole(i.name),
+      })),
+    });
+    if (lm.vocabSize === 0 || lm.dModel === 0) {
+      // Dynamic last dims: read them off a two-token probe.
+      const probe = await lm.#raw(new Int32Array(2), 1, 2, true);
+      const dims = (t: ort.Tensor) => Number(t.dims.at(-1));
+      (lm as { vocabSize: number }).vocabSize = dims(probe[logitsOutput]);
+      (lm as { dModel: number }).dModel = dims(probe[keyTensor]);
+    }
+    return lm;
+  }
+
+  #open(): ort.InferenceSession {
+    if (!this.#session) throw new Error(`${this.modelPath}: OnnxLm is closed`);
+    return this.#session;
+  }
+
+  async #raw(tokens: Int32Array, batch: number, seq: number, withLogits: boolean) {
+    const session = this.#open();
+    const n = batch * seq;
+    const feeds: Record<string, ort.Tensor> = {};
+    for (const f of this.#feeds) {
+      if (f.role === "tokens") {
+        feeds[f.name] = f.type === "int32"
+          ? new ort.Tensor("int32", tokens, [batch, seq])
+          : new ort.Tensor("int64", BigInt64Array.from(tokens, BigInt), [batch, seq]);
+      } else if (f.role === "attention_mask") {
+        feeds[f.name] = filled(f.type, n, () => 1, [batch, seq]);
+      } else {
+        const rows = f.batchOne ? 1 : batch;
+        feeds[f.name] = filled(f.type, rows * seq, (i) => i % seq, [rows, seq]);
+      }
+    }
+    const fetches = withLogits ? [this.logitsOutput, this.keyTensor] : [this.keyTensor];
+    try {
+      // Failures are rethrown with their message below; keep ONNX Runtime's logger quiet.
+      return await session.run(feeds, fetches, { logSeverityLevel: 4 });
+    } catch (e) {
+      const msg = (e as Error).message;
+      // An embedding lookup past the table usually means seq exceeds the model's context.
+      const hint = /out of (data )?bounds|out of range/i.test(msg)
+        ? ` (is seq = ${seq} longer than the model's context?)`
+        : "";
+      throw new Error(
+        `${this.modelPath}: inference failed on a [${batch}, ${seq}] batch: ${msg}${hint}`,
+        { cause: e },
+      );
+    }
+  }
+
+  /**
+   * Runs the model on `batch` windows of `seq` tokens.
+   *
+   * @param tokens `[batch, seq]` token ids, row-major
+   * @returns float32 `logits` `[batch, seq, vocabSize]` (or `null` with `{ logits: false }`)
+   *   and `keys` `[batch, seq, dModel]`
+   * @throws Error for a closed session, a size mismatch, a token id outside the vocabulary,
+   *   or an inference failure (naming the model path and the batch shape)
+   */
+  run(tokens: Int32Array, batch: number, seq: number): Promise<LmOutput>;
+  /** Runs the model fetching only the keys (`logits` is `null`). */
+  run(
+    tokens: Int32Array,
+    batch: number,
+    seq: number,
+    options: { logits: false },
+  ): Promise<LmOutput<null>>;
+  /** Runs the model; `logits` is `null` when `options.logits` is false. */
+  run(
+    tokens: Int32Array,
+    batch: number,
+    seq: number,
+    options?: RunOptions,
+  ): Promise<LmOutput<Float32Array | null>>;
+  async run(
+    tokens: Int32Array,
+    batch: number,
+    seq: number,
+    options: RunOptions = {},
+  ): Promise<LmOutput<Float32Array | null>> {
+    this.#open();
+    if (!Number.isSafeInteger(batch) || !Number.isSafeInteger(seq) || batch < 1 || seq < 1) {
+      throw new RangeError(`run: batch and seq must be integers ≥ 1, got ${batch} and ${seq}`);
+    }
+    if (tokens.length !== batch * seq) {
+      throw new RangeError(
+        `run: expected ${batch}×${seq} = ${batch * seq} tokens, got ${tokens.length}`,
+      );
+    }
+    for (let i = 0; i < tokens.length; i++) {
+      const t = tokens[i];
+      if (t < 0 || t >= this.vocabSize) {
+        throw new RangeError(
+          `run: token id ${t} at index ${i} is outside the model's vocabulary 0..${
+            this.vocabSize - 1
+          }`,
+        );
+      }
+    }
+    const withLogits = options.logits ?? true;
+    const out = await this.#raw(tokens, batch, seq, withLogits);
+    return {
+      logits: withLogits ? this.#float32(out[this.logitsOutput], batch, seq, this.vocabSize) : null,
+      keys: this.#float32(out[this.keyTensor], batch, seq, this.dModel),
+    };
+  }
+
+  /** Checks a `[batch, seq, last]` (or `[batch*seq, last]`) output and returns float32 data. */
+  #float32(t: ort.Tensor, batch: number, seq: number, last: number): Float32Array {
+    const dims = t.dims.map(Number);
+    const ok = (dims.length === 3 && dims[0] === batch && dims[1] === seq && dims[2] === last) ||
+      (dims.length === 2 && dims[0] === batch * seq && dims[1] === last);
+    if (!ok) {
+      throw new Error(
+        `${this.modelPath}: expected an output of shape [${batch}, ${seq}, ${last}], ` +
+          `got [${dims.join(", ")}]`,
+      );
+    }
+    switch (t.type) {
+      case "float32":
+        return t.data as Float32Array;
+      case "float16":
+        return halfToFloat32(t.data as Uint16Array);
+      case "float64":
+        return Float32Array.from(t.data as Float64Array);
+      default:
+        throw new Error(`${this.modelPath}: expected a floating-point output, got ${t.type}`);
+    }
+  }
+
+  /** Releases the ONNX Runtime session; later calls throw. Safe to call twice. */
+  close(): void {
+    const s = this.#session;
+    this.#session = null;
+    // The node backend disposes synchronously inside release().
+    s?.release().catch(() => {});
+  }
+
+  /** Same as {@linkcode OnnxLm.close}, for `using`. */
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}
+
+function filled(
+  type: string,
+  n: number,
+  value: (i: number) => number,
+  dims: number[],
+): ort.Tensor {
+  switch (type) {
+    case "int64":
+      return new ort.Tensor(
+        "int64",
+        BigInt64Array.from({ length: n }, (_, i) => BigInt(value(i))),
+        dims,
+      );
+    case "int32":
+      return new ort.Tensor("int32", Int32Array.from({ length: n }, (_, i) => value(i)), dims);
+    case "float32":
+      return new ort.Tensor("float32", Float32Array.from({ length: n }, (_, i) => value(i)), dims);
+    case "bool":
+    case "uint8":
+      return new ort.Tensor(type, Uint8Array.from({ length: n }, (_, i) => value(i)), dims);
+    case "int8":
+      return new ort.Tensor("int8", Int8Array.from({ length: n }, (_, i) => value(i)), dims);
+    default:
+      throw new Error(`unsupported input type ${type}`);
+  }
+}
+
+/** Maps graph inputs to feeds by name; anything else required is an error. */
+function feedSpecs(path: string, model: OnnxModel): FeedSpec[] {
+  const specs: FeedSpec[] = [];
+  const problems: string[] = [];
+  for (const input of model.inputs) {
+    const role = inputRole(input.name);
+    const type = input.type?.elemTypeName ?? "unknown";
+    if (role === "unsupported") {
+      problems.push(`input "${input.name}" (${type}) is not one the runner can feed`);
+      continue;
+    }
+    const allowed = role === "tokens" ? TOKEN_TYPES : MASK_TYPES;
+    if (!allowed.has(type)) {
+      problems.push(
+        `input "${input.name}" has type ${type}, expected one of ${[...allowed].join(", ")}`,
+      );
+      continue;
+    }
+    specs.push({
+      name: input.name,
+      role,
+      type,
+      batchOne: role === "position_ids" && input.type?.shape?.[0] === 1,
+    });
+  }
+  const tokenInputs = specs.filter((s) => s.role === "tokens");
+  if (tokenInputs.length !== 1 && problems.length === 0) {
+    problems.push(
+      tokenInputs.length === 0
+        ? "no token input (expected one named tokens or input_ids)"
+        : `two token inputs (${tokenInputs.map((t) => t.name).join(", ")})`,
+    );
+  }
+  if (problems.length) {
+    throw new Error(
+      `${path}: ${problems.join("; ")}. Supported inputs: tokens or input_ids (int64/int32 ` +
+        `[batch, seq]), attention_mask (fed all ones), position_ids (fed 0..seq-1)`,
+    );
+  }
+  return specs;
+}
