@@ -15,7 +15,7 @@ import {
   Datastore,
   describeConfigKeys,
   evaluate,
-  formatInspection,
+  formatModelInspection,
   inspectModel,
   KnnLm,
   type KnnlmConfig,
@@ -300,7 +300,7 @@ to build-index; intermediate tensors are exposed in a cached copy, never in FILE
   const file = positionals[0];
   if (!file) throw new UsageError("expected a model FILE", "knn model inspect FILE");
   const info = await inspectModel(file);
-  console.log(values.json ? JSON.stringify(info, null, 2) : formatInspection(info));
+  console.log(values.json ? JSON.stringify(info, null, 2) : formatModelInspection(info));
 }
 
 const EVAL_FLAGS = {

@@ -8,7 +8,7 @@
 
 import { FaissIndex } from "./faiss/mod.ts";
 import { MappedArray } from "./mmap.ts";
-import { f16ToF32 } from "./npy.ts";
+import { f16ArrayToF32 } from "./half.ts";
 import { datastorePaths, type DatastoreManifest, readManifest } from "./datastore.ts";
 import { interpolatedPerplexity, knnLogProb, perplexity } from "./knn_math.ts";
 import { planWindows } from "./windows.ts";
@@ -145,7 +145,7 @@ export class Datastore implements Disposable {
           continue;
         }
         const key = this.keys.view(label, label + 1);
-        const r = half ? (f16ToF32(key as Uint16Array, row), row) : (key as Float32Array);
+        const r = half ? f16ArrayToF32(key as Uint16Array, row) : (key as Float32Array);
         let s = 0;
         for (let t = 0; t < d; t++) {
           const diff = queries[qo + t] - r[t];

@@ -12,7 +12,7 @@
  */
 
 import { MappedArray } from "./mmap.ts";
-import { f32ToF16 } from "./npy.ts";
+import { f32ArrayToF16 } from "./half.ts";
 import { readJsonIfExists, writeJsonAtomic } from "./_atomic.ts";
 import { datastorePaths, type GatherFingerprint, refuseMismatch } from "./datastore.ts";
 import { planWindows } from "./windows.ts";
@@ -237,7 +237,7 @@ export async function gather(opts: GatherOptions): Promise<GatherResult> {
         const from = (j * L + (w.scoreFrom - w.start)) * d;
         const src = out.subarray(from, from + (w.end - w.scoreFrom) * d);
         const dst = keys.view(w.scoreFrom, w.end);
-        if (keyDtype === "float16") f32ToF16(src, dst as Uint16Array);
+        if (keyDtype === "float16") f32ArrayToF16(src, dst as Uint16Array);
         else (dst as Float32Array).set(src);
         (vals.view(w.scoreFrom, w.end) as Int32Array).set(
           tokens.subarray(w.scoreFrom + 1, w.end + 1),

@@ -8,7 +8,7 @@
 import { sha256File } from "./_hash.ts";
 import { Datastore } from "./eval.ts";
 import { knnDistribution } from "./knn_math.ts";
-import { OnnxLm } from "./onnx/mod.ts";
+import { OnnxLm } from "./onnx/runner.ts";
 
 /**
  * Opens the model a datastore was built with, refusing a file whose sha256 differs from the

@@ -25,7 +25,7 @@ import {
 import { faissVersion, getNumThreads, setNumThreads } from "./faiss/mod.ts";
 import { gather, type GatherProgress } from "./gather.ts";
 import { addToIndex, type AddProgress, planIndex, trainIndex } from "./build_index.ts";
-import { OnnxLm } from "./onnx/mod.ts";
+import { OnnxLm } from "./onnx/runner.ts";
 import { TOOLKIT_NAME, TOOLKIT_VERSION, versions } from "./version.ts";
 
 /** A pipeline stage. */
