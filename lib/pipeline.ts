@@ -94,6 +94,13 @@ export async function buildIndex(
     const corpus = await loadCorpus(config.corpus);
     const nTokens = Math.min(corpus.tokens.length, config.maxTokens ?? Infinity);
     const tokens = corpus.tokens.subarray(0, nTokens);
+    if (nTokens - 1 < config.seqLen) {
+      throw new Error(
+        `${config.corpus}: corpus '${corpus.name}' has ${nTokens} tokens; one window needs ` +
+          `${config.seqLen + 1} (seqLen ${config.seqLen} + the next token): ` +
+          `lower --seq-len or use a longer corpus`,
+      );
+    }
     emit({
       type: "corpus",
       spec: config.corpus,

@@ -1,0 +1,259 @@
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import {
+  buildIndex,
+  FaissIndex,
+  gather,
+  GatherInterrupted,
+  type KnnlmConfig,
+  loadConfig,
+  MappedArray,
+  OnnxLm,
+  readManifest,
+} from "../mod.ts";
+
+const FIXTURES = new URL("./fixtures/", import.meta.url);
+const TINY = new URL("tiny_lm.onnx", FIXTURES).pathname;
+const TINY_NOKEY = new URL("tiny_lm_nokey.onnx", FIXTURES).pathname;
+
+// A corpus without repeated 16-byte contexts (so every stored key is distinct): printable
+// bytes from a fixed linear congruential sequence.
+function corpusText(n: number, seed = 7): string {
+  let s = seed;
+  let out = "";
+  for (let i = 0; i < n; i++) {
+    s = (Math.imul(s, 1103515245) + 12345) >>> 0;
+    out += String.fromCharCode(32 + ((s >>> 16) % 95));
+  }
+  return out;
+}
+
+async function setup(n = 1200, extra: Record<string, unknown> = {}) {
+  const dir = await Deno.makeTempDir({ prefix: "knnlm_pipeline_" });
+  const corpus = join(dir, "corpus.txt");
+  await Deno.writeTextFile(corpus, corpusText(n));
+  const flags = {
+    model: TINY,
+    corpus,
+    out: join(dir, "ds"),
+    "seq-len": "32",
+    stride: "16",
+    "batch-size": "4",
+    threads: "1",
+    "train-size": "100000",
+    ...extra,
+  };
+  const { config } = loadConfig({ flags });
+  return { dir, config, corpus };
+}
+
+function bytes(path: string) {
+  return Deno.readFileSync(path);
+}
+
+Deno.test("build-index writes keys equal to the model's key tensor and values equal to next tokens", async () => {
+  const { dir, config } = await setup(600, { factory: "IVF4,Flat", nprobe: "4" });
+  try {
+    const manifest = await buildIndex(config);
+    const tokens = new TextEncoder().encode(await Deno.readTextFile(config.corpus));
+    const n = tokens.length - 1;
+    assert.deepEqual(manifest.keys.shape, [n, 64]);
+    using keys = MappedArray.open(join(config.out, "keys.npy"));
+    using vals = MappedArray.open(join(config.out, "vals.npy"));
+    const v = vals.view() as Int32Array;
+    for (let i = 0; i < n; i++) assert.equal(v[i], tokens[i + 1], `vals[${i}]`);
+
+    // Independently: position i comes from the first window (start 0, 16, 32, …; the last one
+    // pulled back to end at n) whose end passes i.
+    using lm = await OnnxLm.open(TINY, { keyTensor: "ff_input" });
+    const L = 32, S = 16;
+    for (const i of [0, 5, 31, 32, 47, 48, 300, n - 17, n - 1]) {
+      let start = 0;
+      while (Math.min(start + L, n) <= i) start += S;
+      if (start + L > n) start = n - L;
+      const window = Int32Array.from(tokens.subarray(start, start + L));
+      const { keys: want } = await lm.run(window, 1, L, { logits: false });
+      const row = keys.view(i, i + 1) as Float32Array;
+      assert.deepEqual(row, want.subarray((i - start) * 64, (i - start + 1) * 64), `key row ${i}`);
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("every stored key finds itself as nearest neighbour in the built index", async () => {
+  const { dir, config } = await setup(1500, { factory: "IVF8,Flat", nprobe: "8" });
+  try {
+    await buildIndex(config);
+    using keys = MappedArray.open(join(config.out, "keys.npy"));
+    using index = FaissIndex.read(join(config.out, "faiss.index"));
+    assert.equal(index.ntotal, keys.rows);
+    for (const i of [0, 1, 100, 777, keys.rows - 1]) {
+      const q = Float32Array.from(keys.view(i, i + 1) as Float32Array);
+      const { labels, distances } = index.search(q, 1);
+      assert.equal(labels[0], BigInt(i));
+      assert.equal(distances[0], 0);
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("the default IVFPQ index is clamped to a small datastore and still retrieves stored keys", async () => {
+  const { dir, config } = await setup(2500);
+  try {
+    const events: string[] = [];
+    const m = await buildIndex(config, {
+      onEvent: (e) => e.type === "warning" && events.push(e.message),
+    });
+    assert.ok(m.index, "index recorded");
+    assert.equal(m.index.m, 64);
+    assert.ok(m.index.nlist <= Math.floor(2499 / 39), `nlist clamped, got ${m.index.nlist}`);
+    assert.ok(events.some((w) => /nlist 2048 needs/.test(w)), events.join("\n"));
+    using keys = MappedArray.open(join(config.out, "keys.npy"));
+    using index = FaissIndex.read(join(config.out, "faiss.index"));
+    index.nprobe = m.index.nlist;
+    let found = 0;
+    for (let i = 0; i < keys.rows; i += 97) {
+      const q = Float32Array.from(keys.view(i, i + 1) as Float32Array);
+      const { labels } = index.search(q, 5);
+      if (labels.includes(BigInt(i))) found++;
+    }
+    const asked = Math.ceil(keys.rows / 97);
+    assert.ok(found >= asked - 1, `found ${found} of ${asked} stored keys in their top 5`);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("an interrupted gather resumes to files byte-identical to an uninterrupted one", async () => {
+  const a = await setup(1500);
+  const b = await setup(1500);
+  try {
+    await Deno.mkdir(a.config.out, { recursive: true });
+    await Deno.mkdir(b.config.out, { recursive: true });
+    const tokens = Int32Array.from(new TextEncoder().encode(await Deno.readTextFile(a.corpus)));
+    using lm = await OnnxLm.open(TINY, { keyTensor: "ff_input" });
+    const model = {
+      dModel: lm.dModel,
+      runKeys: async (t: Int32Array, n: number, s: number) =>
+        (await lm.run(t, n, s, { logits: false })).keys,
+    };
+    const base = {
+      model,
+      tokens,
+      identity: { modelSha256: "m", keyTensor: "ff_input", corpusIdentity: "c" },
+      seqLen: 32,
+      stride: 16,
+      batchSize: 4,
+      checkpointRows: 100,
+    };
+    await gather({ ...base, dir: a.config.out });
+
+    const controller = new AbortController();
+    await assert.rejects(
+      gather({
+        ...base,
+        dir: b.config.out,
+        signal: controller.signal,
+        onProgress: (p) => p.done > 500 && controller.abort(),
+      }),
+      GatherInterrupted,
+    );
+    const progress = JSON.parse(
+      await Deno.readTextFile(join(b.config.out, "gather.progress.json")),
+    );
+    assert.ok(progress.rowsDone > 500 && progress.rowsDone < 1499, `rows ${progress.rowsDone}`);
+    // A crash may leave garbage after the checkpoint: the resume must overwrite it.
+    {
+      using k = MappedArray.open(join(b.config.out, "keys.npy.tmp"), { mode: "r+" });
+      (k.view(progress.rowsDone, k.rows) as Float32Array).fill(123);
+    }
+    const r = await gather({ ...base, dir: b.config.out });
+    assert.equal(r.resumedFrom, progress.rowsDone);
+    for (const f of ["keys.npy", "vals.npy"]) {
+      assert.deepEqual(bytes(join(b.config.out, f)), bytes(join(a.config.out, f)), f);
+    }
+  } finally {
+    await Deno.remove(a.dir, { recursive: true });
+    await Deno.remove(b.dir, { recursive: true });
+  }
+});
+
+Deno.test("a model exported without ff_input gives the same datastore once the tensor is exposed", async () => {
+  const a = await setup(400, { factory: "Flat" });
+  const { config: nokey } = loadConfig({
+    flags: {
+      model: TINY_NOKEY,
+      corpus: a.corpus,
+      out: join(a.dir, "nokey"),
+      "seq-len": "32",
+      stride: "16",
+      "batch-size": "4",
+      threads: "1",
+      factory: "Flat",
+      "key-tensor": await intermediateKeyName(),
+    },
+  });
+  try {
+    await buildIndex(a.config);
+    await buildIndex(nokey);
+    assert.deepEqual(bytes(join(nokey.out, "keys.npy")), bytes(join(a.config.out, "keys.npy")));
+  } finally {
+    await Deno.remove(a.dir, { recursive: true });
+  }
+});
+
+async function intermediateKeyName(): Promise<string> {
+  const { inspectModel } = await import("../mod.ts");
+  const info = await inspectModel(TINY_NOKEY);
+  return info.keyCandidates[0].name;
+}
+
+Deno.test("a finished build is skipped on a second run and a different setting is refused", async () => {
+  const { dir, config } = await setup(500, { factory: "Flat" });
+  try {
+    await buildIndex(config);
+    const skipped: string[] = [];
+    await buildIndex(config, { onEvent: (e) => e.type === "skip" && skipped.push(e.stage) });
+    assert.deepEqual(skipped, ["gather", "train", "add"]);
+    const other: KnnlmConfig = { ...config, stride: 8 };
+    await assert.rejects(buildIndex(other), /different model or settings \(stride: 16 → 8\)/);
+    const otherModel: KnnlmConfig = { ...config, model: TINY_NOKEY, keyTensor: "logits" };
+    await assert.rejects(buildIndex(otherModel), /modelSha256: .* → .*; keyTensor/);
+    const m = await readManifest(config.out);
+    assert.equal(m?.gather.stride, 16, "the datastore is untouched");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("bad inputs fail with errors that name the file or setting", async () => {
+  const { dir, config } = await setup(300, { factory: "Flat" });
+  try {
+    await assert.rejects(
+      buildIndex({ ...config, model: join(dir, "missing.onnx") }),
+      /missing\.onnx/,
+    );
+    await assert.rejects(
+      buildIndex({ ...config, keyTensor: "no_such_tensor", out: join(dir, "b") }),
+      /no_such_tensor/,
+    );
+    const short = join(dir, "short.txt");
+    await Deno.writeTextFile(short, "too short");
+    await assert.rejects(
+      buildIndex({ ...config, corpus: short, out: join(dir, "c") }),
+      /short\.txt.* 9 tokens; one window needs 33/,
+    );
+    assert.throws(
+      () => loadConfig({ flags: { "seq-len": "0" } }),
+      /--seq-len: seqLen: expected an integer/,
+    );
+    await assert.rejects(
+      buildIndex({ ...config, index: { ...config.index, factory: null, m: 48 }, out: join(dir, "d") }),
+      /index\.m: the PQ code size \(48 bytes\) must divide the key width d = 64/,
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
