@@ -7,30 +7,46 @@
 
 /** Symbol table for `libc.so.6`; `off_t` is 64-bit on every 64-bit Linux ABI. */
 export const LIBC_SYMBOLS = {
-  open: { parameters: ["buffer", "i32", "u32"], result: "i32" }, // int open(const char *path, int flags, mode_t mode)
-  close: { parameters: ["i32"], result: "i32" }, // int close(int fd)
-  unlink: { parameters: ["buffer"], result: "i32" }, // int unlink(const char *path)
-  access: { parameters: ["buffer", "i32"], result: "i32" }, // int access(const char *path, int mode)
-  pread: { parameters: ["i32", "buffer", "usize", "i64"], result: "isize" }, // ssize_t pread(int fd, void *buf, size_t count, off_t offset)
-  lseek: { parameters: ["i32", "i64", "i32"], result: "i64" }, // off_t lseek(int fd, off_t offset, int whence)
-  ftruncate: { parameters: ["i32", "i64"], result: "i32" }, // int ftruncate(int fd, off_t length)
-  posix_fallocate: { parameters: ["i32", "i64", "i64"], result: "i32" }, // int posix_fallocate(int fd, off_t offset, off_t len)
-  mmap: { // void *mmap(void *addr, size_t length, int prot, int flags, int fd, off_t offset)
+  // int open(const char *path, int flags, mode_t mode)
+  open: { parameters: ["buffer", "i32", "u32"], result: "i32" },
+  // int close(int fd)
+  close: { parameters: ["i32"], result: "i32" },
+  // int unlink(const char *path)
+  unlink: { parameters: ["buffer"], result: "i32" },
+  // int access(const char *path, int mode)
+  access: { parameters: ["buffer", "i32"], result: "i32" },
+  // ssize_t pread(int fd, void *buf, size_t count, off_t offset)
+  pread: { parameters: ["i32", "buffer", "usize", "i64"], result: "isize" },
+  // off_t lseek(int fd, off_t offset, int whence)
+  lseek: { parameters: ["i32", "i64", "i32"], result: "i64" },
+  // int ftruncate(int fd, off_t length)
+  ftruncate: { parameters: ["i32", "i64"], result: "i32" },
+  // int posix_fallocate(int fd, off_t offset, off_t len)
+  posix_fallocate: { parameters: ["i32", "i64", "i64"], result: "i32" },
+  // void *mmap(void *addr, size_t length, int prot, int flags, int fd, off_t offset)
+  mmap: {
     parameters: ["pointer", "usize", "i32", "i32", "i32", "i64"],
     result: "pointer",
   },
-  munmap: { parameters: ["pointer", "usize"], result: "i32" }, // int munmap(void *addr, size_t length)
-  msync: { parameters: ["pointer", "usize", "i32"], result: "i32" }, // int msync(void *addr, size_t length, int flags)
-  madvise: { parameters: ["pointer", "usize", "i32"], result: "i32" }, // int madvise(void *addr, size_t length, int advice)
-  sysconf: { parameters: ["i32"], result: "i64" }, // long sysconf(int name)
-  __errno_location: { parameters: [], result: "pointer" }, // int *__errno_location(void)
-  strerror: { parameters: ["i32"], result: "pointer" }, // char *strerror(int errnum)
+  // int munmap(void *addr, size_t length)
+  munmap: { parameters: ["pointer", "usize"], result: "i32" },
+  // int msync(void *addr, size_t length, int flags)
+  msync: { parameters: ["pointer", "usize", "i32"], result: "i32" },
+  // int madvise(void *addr, size_t length, int advice)
+  madvise: { parameters: ["pointer", "usize", "i32"], result: "i32" },
+  // long sysconf(int name)
+  sysconf: { parameters: ["i32"], result: "i64" },
+  // int *__errno_location(void)
+  __errno_location: { parameters: [], result: "pointer" },
+  // char *strerror(int errnum)
+  strerror: { parameters: ["i32"], result: "pointer" },
 } as const satisfies Deno.ForeignLibraryInterface;
 
 /** Flag values from the Linux UAPI headers (identical on x86_64 and aarch64). */
 export const O_RDONLY = 0;
 export const O_RDWR = 0o2;
 export const O_CREAT = 0o100;
+export const O_EXCL = 0o200;
 export const O_TRUNC = 0o1000;
 export const O_CLOEXEC = 0o2000000;
 export const SEEK_END = 2;
@@ -42,6 +58,9 @@ export const MAP_NORESERVE = 0x4000;
 export const MS_SYNC = 4;
 export const MADV = { normal: 0, random: 1, sequential: 2, willneed: 3, dontneed: 4 } as const;
 const SC_PAGESIZE = 30;
+
+/** errno for a missing file or directory. */
+export const ENOENT = 2;
 
 /** Symbolic names for the errno values the storage layer can meet. */
 const ERRNO_NAMES: Record<number, string> = {
@@ -72,6 +91,7 @@ export class ErrnoError extends Error {
   readonly errno: number;
   /** Symbolic errno name such as `"ENOENT"`, or `"E<number>"` when unknown. */
   readonly code: string;
+  /** An error with `message` for the failed call and its numeric `errno`. */
   constructor(message: string, errno: number) {
     super(message);
     this.name = "ErrnoError";

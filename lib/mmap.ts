@@ -17,6 +17,7 @@
 import { dirname } from "node:path";
 import {
   cPath,
+  ENOENT,
   errno,
   errnoError,
   libc,
@@ -27,9 +28,9 @@ import {
   MS_SYNC,
   O_CLOEXEC,
   O_CREAT,
+  O_EXCL,
   O_RDONLY,
   O_RDWR,
-  O_TRUNC,
   pageSize,
   PROT_READ,
   PROT_WRITE,
@@ -39,6 +40,7 @@ import {
   checkedDataBytes,
   type DType,
   encodeNpyHeader,
+  formatShape,
   isDType,
   itemSize,
   npyHeaderLength,
@@ -133,9 +135,10 @@ export class MappedArray<D extends DType = DType> {
   }
 
   /**
-   * Create (or overwrite) `path` as a zero-filled `.npy` of `dtype` and `shape`, mapped
-   * read-write. The file is sized with `ftruncate` (sparse: cheap even for hundreds of GB) and
-   * its header is written at once. It is written at `path` itself: callers that need atomic
+   * Create `path` as a zero-filled `.npy` of `dtype` and `shape`, mapped read-write. An
+   * existing file there is unlinked first (a new inode, so mappings of the old file stay
+   * valid). The file is sized with `ftruncate` (sparse: cheap even for hundreds of GB) and its
+   * header is written at once. It is written at `path` itself: callers that need atomic
    * publication create `name.tmp`, `flush()`, `close()`, then rename. The header keeps room for
    * `shape[0]` to grow to 21 digits so {@link MappedArray.resize} can rewrite it in place.
    * Throws naming the file on a bad dtype/shape or a failed system call (e.g. a missing
@@ -150,7 +153,13 @@ export class MappedArray<D extends DType = DType> {
     const total = header.length + dataBytes;
     const c = libc();
     const cpath = cPath(path);
-    const fd = c.open(cpath, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644);
+    // Replace rather than truncate: a mapping of the old file (in any process) keeps its inode
+    // and stays readable, where truncating it would make its readers fault with SIGBUS.
+    if (c.unlink(cpath) !== 0) {
+      const code = errno();
+      if (code !== ENOENT) throw openError(path, "replace the existing file", code);
+    }
+    const fd = c.open(cpath, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0o644);
     if (fd < 0) throw openError(path, "create", errno());
     let base: Deno.PointerObject | null = null;
     try {
@@ -546,7 +555,7 @@ function validateShape(path: string, shape: readonly number[]): void {
   for (const dim of shape) {
     if (!Number.isSafeInteger(dim) || dim < 0) {
       throw new Error(
-        `${path}: invalid shape (${shape.join(", ")}): ${dim} is not a non-negative integer`,
+        `${path}: invalid shape ${formatShape(shape)}: ${dim} is not a non-negative integer`,
       );
     }
   }
@@ -563,7 +572,7 @@ function withName<T>(path: string, fn: () => T): T {
 
 /** An open/create failure; for ENOENT, say whether the directory or the file is missing. */
 function openError(path: string, what: string, code = errno()): Error {
-  if (code === 2) {
+  if (code === ENOENT) {
     const dir = dirname(path);
     if (libc().access(cPath(dir), 0) !== 0) {
       const err = errnoError(`${path}: cannot ${what}`, code);

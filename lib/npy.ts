@@ -86,6 +86,7 @@ export function typedView<D extends DType>(
 export interface NpyHeader {
   /** Format major version: 1, 2 or 3 (minor is always 0). */
   version: 1 | 2 | 3;
+  /** Element type. */
   dtype: DType;
   /** Array shape, C order; at least one dimension. */
   shape: number[];
@@ -216,7 +217,9 @@ export function parseNpyHeader(bytes: Uint8Array, opts: ParseNpyHeaderOptions = 
     }
     shape.push(dim as number);
   }
-  if (shape.length === 0) fail(`unsupported shape (): expected a 1-D or 2-D array (${at})`);
+  if (shape.length === 0) {
+    fail(`unsupported shape (): a scalar; expected an array of one or more dimensions (${at})`);
+  }
   // A 1-D array has the same layout in either order; numpy itself only writes False for it.
   if (fortran === true && shape.length > 1) {
     fail(
@@ -230,13 +233,13 @@ export function parseNpyHeader(bytes: Uint8Array, opts: ParseNpyHeaderOptions = 
     const expected = dataOffset + dataBytes;
     if (opts.fileSize < expected) {
       fail(
-        `truncated file: header says shape (${shape.join(", ")}) ${dtypeName(dtype)}, which ` +
+        `truncated file: header says shape ${formatShape(shape)} ${dtypeName(dtype)}, which ` +
           `needs ${expected} bytes, but the file has ${opts.fileSize} bytes`,
       );
     }
     if (opts.fileSize > expected) {
       fail(
-        `file size does not match its header: shape (${shape.join(", ")}) ` +
+        `file size does not match its header: shape ${formatShape(shape)} ` +
           `${dtypeName(dtype)} needs ${expected} bytes, but the file has ${opts.fileSize} bytes ` +
           `(${opts.fileSize - expected} trailing bytes)`,
       );
@@ -260,18 +263,19 @@ export function checkedDataBytes(
   let total = BigInt(itemSize(dtype));
   for (const dim of shape) {
     if (!Number.isSafeInteger(dim) || dim < 0) {
-      fail(`invalid shape (${shape.join(", ")}): ${dim} is not a non-negative integer`);
+      fail(`invalid shape ${formatShape(shape)}: ${dim} is not a non-negative integer`);
     }
     total *= BigInt(dim);
   }
   if (total + BigInt(headerBytes) > BigInt(Number.MAX_SAFE_INTEGER)) {
-    fail(`array too large: shape (${shape.join(", ")}) ${dtypeName(dtype)} needs over 2^53 bytes`);
+    fail(`array too large: shape ${formatShape(shape)} ${dtypeName(dtype)} needs over 2^53 bytes`);
   }
   return Number(total);
 }
 
 /** Options for {@link encodeNpyHeader}. */
 export interface EncodeNpyHeaderOptions {
+  /** Element type. */
   dtype: DType;
   /** C-order shape, at least one dimension. */
   shape: readonly number[];
@@ -292,9 +296,9 @@ export interface EncodeNpyHeaderOptions {
 export function encodeNpyHeader(opts: EncodeNpyHeaderOptions): Uint8Array<ArrayBuffer> {
   const { dtype, shape } = opts;
   if (!isDType(dtype)) throw new Error(`unsupported dtype '${String(dtype)}'`);
-  if (shape.length === 0) throw new Error("unsupported shape (): expected a 1-D or 2-D array");
+  if (shape.length === 0) throw new Error("unsupported shape (): expected at least one dimension");
   checkedDataBytes(dtype, shape);
-  const shapeText = shape.length === 1 ? `(${shape[0]},)` : `(${shape.join(", ")})`;
+  const shapeText = formatShape(shape);
   const dict = `{'descr': '${dtype}', 'fortran_order': False, 'shape': ${shapeText}, }`;
   let version = opts.version ?? 1;
   const minLength = (v: number) => (v === 1 ? 10 : 12) + dict.length + 1;
@@ -354,6 +358,11 @@ function latin1(bytes: Uint8Array): string {
     s += String.fromCharCode(...bytes.subarray(i, i + 4096));
   }
   return s;
+}
+
+/** A shape as Python writes a tuple: `(5,)`, `(3, 4)`. */
+export function formatShape(shape: readonly number[]): string {
+  return shape.length === 1 ? `(${shape[0]},)` : `(${shape.join(", ")})`;
 }
 
 function joinOr(items: string[]): string {

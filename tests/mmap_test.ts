@@ -79,7 +79,7 @@ Deno.test("views are typed per dtype and alias the same mapped rows without copy
   }
 });
 
-Deno.test("row ranges outside [0, rows] or not integers are refused before any view is made", () => {
+Deno.test("out-of-range or non-integer row ranges are refused before a view is made", () => {
   const dir = tempDir();
   try {
     using a = MappedArray.create(`${dir}/a.npy`, { dtype: "<f4", shape: [4, 3] });
@@ -242,7 +242,7 @@ Deno.test("mode r maps copy-on-write: writes through a view never reach the file
   }
 });
 
-Deno.test("advise accepts every hint for a range or the whole file and rejects unknown ones", () => {
+Deno.test("advise accepts every hint, whole file or a row range, and rejects unknown ones", () => {
   const dir = tempDir();
   try {
     using a = MappedArray.create(`${dir}/a.npy`, { dtype: "<f4", shape: [4096, 8] });
@@ -286,6 +286,22 @@ Deno.test("a file over 4 GiB is created sparse and its last row written and read
     assert.deepEqual(Array.from(b.view(rows - 2, rows - 1)).slice(0, 4), [0, 0, 0, 0]);
     const pv = new Deno.UnsafePointerView(b.pointer(rows - 1));
     assert.equal(pv.getFloat32(255 * 4), 255.5);
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
+
+Deno.test("create over a still-mapped file replaces it and the old mapping stays valid", () => {
+  const dir = tempDir();
+  const path = `${dir}/keys.npy`;
+  try {
+    using old = MappedArray.create(path, { dtype: "<f4", shape: [1024, 64] });
+    old.view().fill(5);
+    // Truncating the old inode would make the next read fault (SIGBUS) and end the process.
+    using fresh = MappedArray.create(path, { dtype: "<f4", shape: [2, 64] });
+    assert.equal(old.view(1023, 1024)[63], 5);
+    assert.deepEqual(Array.from(fresh.view(1, 2)).slice(0, 2), [0, 0]);
+    assert.equal(Deno.statSync(path).size, fresh.dataOffset + 2 * 64 * 4);
   } finally {
     Deno.removeSync(dir, { recursive: true });
   }
@@ -370,8 +386,10 @@ Deno.test("a read-only file opened for writing is refused with EACCES from strer
         args: ["--bounding-set", "-dac_override,-dac_read_search", "--", Deno.execPath()]
           .concat(["eval", "--quiet", code]),
         stdout: "piped",
-        stderr: "inherit",
+        stderr: "piped",
       }).output();
+      const stderr = new TextDecoder().decode(out.stderr);
+      assert.equal(out.code, 0, `setpriv (util-linux) could not drop CAP_DAC_OVERRIDE: ${stderr}`);
       message = new TextDecoder().decode(out.stdout).trim();
     }
     assert.equal(
@@ -479,7 +497,7 @@ Deno.test("readProcStatus reports RssAnon, RssFile, VmRSS and VmHWM in bytes", (
   assert.throws(() => parseProcStatus("VmRSS: 1 kB\n"), /no VmHWM line/);
 });
 
-Deno.test("writing a keys file many times the memory bound keeps anonymous memory flat", async () => {
+Deno.test("writing a keys file 16x the memory bound keeps anonymous memory flat", async () => {
   const dir = tempDir();
   const path = `${dir}/keys.npy`;
   try {

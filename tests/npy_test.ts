@@ -52,7 +52,7 @@ Deno.test("a 1-D shape written as (5,) parses as one dimension", () => {
   assert.equal(h.dataBytes, 5);
 });
 
-Deno.test("header dicts parse regardless of quoting, key order, spacing and trailing commas", () => {
+Deno.test("header dicts parse whatever the quoting, key order, spacing or trailing commas", () => {
   const variants = [
     '{"shape": (3, 4), "descr": "<f4", "fortran_order": False}',
     "{ 'fortran_order' :False,'shape':(3,4),'descr':'<f4' }",
@@ -172,7 +172,7 @@ Deno.test("negative, non-integer and oversized dimensions are refused quoting th
     ["('3', 4)", /dimension '3' is not/],
     ["(None,)", /dimension None is not/],
     ["(99999999999999999999, 4)", /dimension 99999999999999999999 is not/],
-    ["()", /unsupported shape \(\): expected a 1-D or 2-D array/],
+    ["()", /unsupported shape \(\): a scalar; expected an array of one or more dimensions/],
   ];
   for (const [shape, re] of cases) {
     const bytes = header(`{'descr': '<f4', 'fortran_order': False, 'shape': ${shape}, }`);
