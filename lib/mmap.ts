@@ -360,7 +360,8 @@ export class MappedArray<D extends DType = DType> {
    * rows are kept, new rows read as zero (sparse), rows past the new end are cut off. Rewrites
    * the header within its existing length (a file whose header has no room for the longer shape
    * is refused), resizes the file with `ftruncate` and remaps it. Every earlier view is detached
-   * and earlier pointers become invalid. Needs mode `"r+"`.
+   * and earlier pointers become invalid. Needs mode `"r+"`. Do not shrink a file that another
+   * process has mapped: its reads past the new end would fault (SIGBUS).
    */
   resize(rows: number): void {
     this.#open("resize");
