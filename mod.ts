@@ -69,3 +69,69 @@ export {
 } from "./lib/npy.ts";
 export { f16ArrayToF32, f16ToF32, f32ArrayToF16, f32ToF16 } from "./lib/half.ts";
 export { ErrnoError } from "./lib/_libc.ts";
+
+// The pipeline: windows → gather (keys.npy/vals.npy) → train → add (faiss.index) → datastore.json.
+export { planWindows, type Window, type WindowPlan } from "./lib/windows.ts";
+export {
+  gather,
+  GatherInterrupted,
+  type GatherOptions,
+  type GatherProgress,
+  type GatherResult,
+  type KeyModel,
+} from "./lib/gather.ts";
+export {
+  addToIndex,
+  type AddOptions,
+  type AddProgress,
+  type IndexRequest,
+  MIN_POINTS_PER_CENTROID,
+  planIndex,
+  trainIndex,
+  type TrainIndexOptions,
+} from "./lib/build_index.ts";
+export { sampleRows } from "./lib/sample.ts";
+export {
+  DATASTORE_FILES,
+  DATASTORE_FORMAT,
+  type DatastoreManifest,
+  datastorePaths,
+  type GatherFingerprint,
+  type IndexParams,
+  readManifest,
+} from "./lib/datastore.ts";
+export {
+  type BuildOptions,
+  buildIndex,
+  type PipelineEvent,
+  type Stage,
+} from "./lib/pipeline.ts";
+
+// Querying: evaluation, neighbours and next-token distributions.
+export {
+  Datastore,
+  DEFAULT_LAMBDAS,
+  type DistanceMode,
+  evaluate,
+  type EvalOptions,
+  type EvalResult,
+  type ModeResult,
+  type ScoringModel,
+} from "./lib/eval.ts";
+export {
+  KnnLm,
+  type KnnLmOptions,
+  type Neighbour,
+  type NextToken,
+  openDatastoreModel,
+} from "./lib/knnlm.ts";
+export {
+  interpolate,
+  interpolatedPerplexity,
+  knnDistribution,
+  knnLogProb,
+  logAddExp,
+  logSoftmax,
+  perplexity,
+} from "./lib/knn_math.ts";
+export { lambdaPlotSvg, type LambdaPlotOptions, type PlotSeries } from "./lib/plot_svg.ts";

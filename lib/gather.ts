@@ -159,8 +159,8 @@ export async function gather(opts: GatherOptions): Promise<GatherResult> {
   let rowsDone = 0;
   if (progress) {
     refuseMismatch(opts.dir, progress.fingerprint, fingerprint, "an unfinished gather");
-    keys = MappedArray.open(keysTmp, { mode: "r+" });
-    vals = MappedArray.open(valsTmp, { mode: "r+" });
+    keys = MappedArray.open(keysTmp, { mode: "r+", dtypes: [keyNpy] });
+    vals = MappedArray.open(valsTmp, { mode: "r+", dtypes: ["<i4"] });
     if (keys.rows !== rows || keys.rowLength !== d || vals.rows !== rows) {
       keys.close();
       vals.close();
@@ -179,7 +179,7 @@ export async function gather(opts: GatherOptions): Promise<GatherResult> {
   let stopPending = () => {};
 
   try {
-    keys.advise("sequential");
+    // No "sequential" advice here: it slows writing fresh pages several-fold.
     const L = plan.length;
     const batchInput = (b: number) => {
       const first = b * batchSize;
@@ -202,6 +202,8 @@ export async function gather(opts: GatherOptions): Promise<GatherResult> {
       if (rowsDone > checkpointFrom) {
         keys.flush(checkpointFrom, rowsDone);
         vals.flush(checkpointFrom, rowsDone);
+        // Written and on disk: drop them from this process so its RSS stays bounded.
+        keys.advise("dontneed", checkpointFrom, rowsDone);
       }
       await writeJsonAtomic(
         paths.gatherProgress,
