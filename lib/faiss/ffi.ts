@@ -1,0 +1,211 @@
+/**
+ * FFI symbol table of the FAISS shim (`_shim_source.ts`) and the loader that opens it.
+ *
+ * Load order: `$KNNLM_FAISS_LIB`, then the build cache, then (when a C++ toolchain and the FAISS
+ * headers are there) a compile into the cache. On failure one error lists every path tried and
+ * the fixing command, with the original error as `cause`.
+ *
+ * @module
+ */
+
+import { SHIM_ABI_VERSION } from "./_shim_source.ts";
+import { buildShim, findCachedShim, findToolchain, LIB_ENV } from "./build.ts";
+
+// Every fallible call ends in (char* err, size_t errlen) and returns int status (0 = ok).
+// Typed arrays go through "buffer" parameters; rows inside memory-mapped files through the
+// "pointer" aliases of the same C symbols. `_async` aliases run on a Deno worker thread.
+const symbols = {
+  // int32_t knnlm_shim_abi(void)
+  knnlm_shim_abi: { parameters: [], result: "i32" },
+  // const char* knnlm_faiss_version(void)
+  knnlm_faiss_version: { parameters: [], result: "pointer" },
+  // void knnlm_set_num_threads(int32_t n)
+  knnlm_set_num_threads: { parameters: ["i32"], result: "void" },
+  // int32_t knnlm_get_num_threads(void)
+  knnlm_get_num_threads: { parameters: [], result: "i32" },
+  // int knnlm_index_factory(int32_t d, const char* description, int32_t metric, void** out, char* err, size_t errlen)
+  knnlm_index_factory: {
+    parameters: ["i32", "buffer", "i32", "buffer", "buffer", "usize"],
+    result: "i32",
+  },
+  // int knnlm_index_ivfpq(int32_t d, int64_t nlist, int32_t m, int32_t nbits, int32_t metric, void** out, char* err, size_t errlen)
+  knnlm_index_ivfpq: {
+    parameters: ["i32", "i64", "i32", "i32", "i32", "buffer", "buffer", "usize"],
+    result: "i32",
+  },
+  // int knnlm_index_read(const char* path, int32_t io_flags, void** out, char* err, size_t errlen)
+  knnlm_index_read: { parameters: ["buffer", "i32", "buffer", "buffer", "usize"], result: "i32" },
+  // int knnlm_index_write(const void* index, const char* path, char* err, size_t errlen)
+  knnlm_index_write: { parameters: ["pointer", "buffer", "buffer", "usize"], result: "i32" },
+  // same C symbol, on a worker thread
+  knnlm_index_write_async: {
+    name: "knnlm_index_write",
+    parameters: ["pointer", "buffer", "buffer", "usize"],
+    result: "i32",
+    nonblocking: true,
+  },
+  // void knnlm_index_free(void* index)
+  knnlm_index_free: { parameters: ["pointer"], result: "void" },
+  // int knnlm_index_stats(const void* index, int64_t out[4], char* err, size_t errlen)
+  knnlm_index_stats: { parameters: ["pointer", "buffer", "buffer", "usize"], result: "i32" },
+  // int knnlm_index_type(const void* index, char* buf, size_t buflen, char* err, size_t errlen)
+  knnlm_index_type: {
+    parameters: ["pointer", "buffer", "usize", "buffer", "usize"],
+    result: "i32",
+  },
+  // int knnlm_index_train(void* index, int64_t n, const void* x, int32_t dtype, char* err, size_t errlen)
+  knnlm_index_train: {
+    parameters: ["pointer", "i64", "buffer", "i32", "buffer", "usize"],
+    result: "i32",
+  },
+  knnlm_index_train_async: {
+    name: "knnlm_index_train",
+    parameters: ["pointer", "i64", "buffer", "i32", "buffer", "usize"],
+    result: "i32",
+    nonblocking: true,
+  },
+  knnlm_index_train_ptr: {
+    name: "knnlm_index_train",
+    parameters: ["pointer", "i64", "pointer", "i32", "buffer", "usize"],
+    result: "i32",
+  },
+  knnlm_index_train_ptr_async: {
+    name: "knnlm_index_train",
+    parameters: ["pointer", "i64", "pointer", "i32", "buffer", "usize"],
+    result: "i32",
+    nonblocking: true,
+  },
+  // int knnlm_index_add(void* index, int64_t n, const void* x, int32_t dtype, const int64_t* ids, char* err, size_t errlen)
+  knnlm_index_add: {
+    parameters: ["pointer", "i64", "buffer", "i32", "buffer", "buffer", "usize"],
+    result: "i32",
+  },
+  knnlm_index_add_async: {
+    name: "knnlm_index_add",
+    parameters: ["pointer", "i64", "buffer", "i32", "buffer", "buffer", "usize"],
+    result: "i32",
+    nonblocking: true,
+  },
+  knnlm_index_add_ptr: {
+    name: "knnlm_index_add",
+    parameters: ["pointer", "i64", "pointer", "i32", "buffer", "buffer", "usize"],
+    result: "i32",
+  },
+  knnlm_index_add_ptr_async: {
+    name: "knnlm_index_add",
+    parameters: ["pointer", "i64", "pointer", "i32", "buffer", "buffer", "usize"],
+    result: "i32",
+    nonblocking: true,
+  },
+  // int knnlm_index_search(const void* index, int64_t n, const void* x, int32_t dtype, int64_t k, float* distances, int64_t* labels, char* err, size_t errlen)
+  knnlm_index_search: {
+    parameters: ["pointer", "i64", "buffer", "i32", "i64", "buffer", "buffer", "buffer", "usize"],
+    result: "i32",
+  },
+  knnlm_index_search_async: {
+    name: "knnlm_index_search",
+    parameters: ["pointer", "i64", "buffer", "i32", "i64", "buffer", "buffer", "buffer", "usize"],
+    result: "i32",
+    nonblocking: true,
+  },
+  knnlm_index_search_ptr: {
+    name: "knnlm_index_search",
+    parameters: ["pointer", "i64", "pointer", "i32", "i64", "buffer", "buffer", "buffer", "usize"],
+    result: "i32",
+  },
+  knnlm_index_search_ptr_async: {
+    name: "knnlm_index_search",
+    parameters: ["pointer", "i64", "pointer", "i32", "i64", "buffer", "buffer", "buffer", "usize"],
+    result: "i32",
+    nonblocking: true,
+  },
+  // int knnlm_index_get_nprobe(const void* index, int64_t* out, char* err, size_t errlen)
+  knnlm_index_get_nprobe: { parameters: ["pointer", "buffer", "buffer", "usize"], result: "i32" },
+  // int knnlm_index_set_nprobe(void* index, int64_t nprobe, char* err, size_t errlen)
+  knnlm_index_set_nprobe: { parameters: ["pointer", "i64", "buffer", "usize"], result: "i32" },
+  // int knnlm_index_reset(void* index, char* err, size_t errlen)
+  knnlm_index_reset: { parameters: ["pointer", "buffer", "usize"], result: "i32" },
+} as const satisfies Deno.ForeignLibraryInterface;
+
+/** The opened shim library. */
+export type FaissLibrary = Deno.DynamicLibrary<typeof symbols>;
+
+let opened: { lib: FaissLibrary; path: string } | undefined;
+
+/** The command that installs FAISS and builds the shim; named in every loader error. */
+export const FIX_COMMAND = "deno task setup";
+
+function openAt(path: string): FaissLibrary {
+  // libgomp reads this once, when dlopen loads it. Its default spins waiting threads, which
+  // made IVFPQ training 7-15x slower on a 2-core machine shared with other processes; passive
+  // waiting costs little on an idle one. An explicit setting is kept.
+  if (Deno.env.get("OMP_WAIT_POLICY") === undefined) Deno.env.set("OMP_WAIT_POLICY", "PASSIVE");
+  const lib = Deno.dlopen(path, symbols);
+  const abi = lib.symbols.knnlm_shim_abi();
+  if (abi !== SHIM_ABI_VERSION) {
+    lib.close();
+    throw new Error(
+      `${path}: shim ABI ${abi}, this binding needs ${SHIM_ABI_VERSION} (a stale build)`,
+    );
+  }
+  return lib;
+}
+
+/**
+ * Opens the shim once per process and returns it with the path it came from: `$KNNLM_FAISS_LIB`
+ * when set (and nothing else), else the build cache, else a fresh compile into the cache.
+ */
+export function openFaissLibrary(): { lib: FaissLibrary; path: string } {
+  if (opened) return opened;
+  const tried: string[] = [];
+  let lastError: unknown;
+  const explicit = Deno.env.get(LIB_ENV);
+  if (explicit) {
+    try {
+      opened = { lib: openAt(explicit), path: explicit };
+      return opened;
+    } catch (e) {
+      throw new Error(
+        `cannot load the FAISS shim from ${LIB_ENV}=${explicit}: ${message(e)}\n` +
+          `  unset ${LIB_ENV} to use the build cache, or run: ${FIX_COMMAND}`,
+        { cause: e },
+      );
+    }
+  }
+  const toolchain = findToolchain();
+  const cached = findCachedShim(toolchain);
+  tried.push(...cached.tried);
+  if (cached.path) {
+    try {
+      opened = { lib: openAt(cached.path), path: cached.path };
+      return opened;
+    } catch (e) {
+      lastError = e;
+      tried[tried.length - 1] += ` (${message(e)})`;
+    }
+  }
+  if (toolchain.missing.length === 0) {
+    try {
+      const built = buildShim({ toolchain, force: lastError !== undefined });
+      tried.push(`${built.path} (compiled now)`);
+      opened = { lib: openAt(built.path), path: built.path };
+      return opened;
+    } catch (e) {
+      lastError = e;
+      tried.push(`compile failed: ${message(e)}`);
+    }
+  } else {
+    tried.push(`no compile: missing ${toolchain.missing.join(", ")}`);
+  }
+  throw new Error(
+    `cannot load the FAISS shim (libknnlm_faiss.so). Tried:\n` +
+      tried.map((t) => `  - ${t}`).join("\n") +
+      `\nFix: run \`${FIX_COMMAND}\` (installs libfaiss-dev libopenblas-dev g++ and compiles ` +
+      `the shim), or set ${LIB_ENV} to a built library.`,
+    { cause: lastError },
+  );
+}
+
+function message(e: unknown): string {
+  return e instanceof Error ? e.message : String(e);
+}

@@ -1,0 +1,31 @@
+/**
+ * FAISS through Deno FFI: the `FaissIndex` class, thread control, and the shim build helpers.
+ *
+ * @module
+ */
+
+export {
+  FaissIndex,
+  faissLibraryPath,
+  faissVersion,
+  getNumThreads,
+  IO_FLAG_MMAP,
+  type IvfPqOptions,
+  type Metric,
+  type ReadOptions,
+  type SearchResult,
+  setNumThreads,
+  type VectorDType,
+  type Vectors,
+} from "./index.ts";
+export {
+  APT_PACKAGES,
+  buildShim,
+  type BuildShimOptions,
+  type FaissToolchain,
+  findToolchain,
+  LIB_ENV,
+  LIB_NAME,
+  type ShimBuild,
+  shimCacheRoot,
+} from "./build.ts";

@@ -1,0 +1,371 @@
+import assert from "node:assert/strict";
+import { FaissIndex, getNumThreads, setNumThreads } from "../lib/faiss/mod.ts";
+
+// Deterministic uniform [0, 1) floats: [n, d] row-major.
+function randomRows(n: number, d: number, seed: number): Float32Array {
+  let s = seed >>> 0;
+  const out = new Float32Array(n * d);
+  for (let i = 0; i < out.length; i++) {
+    s = (s + 0x6d2b79f5) >>> 0;
+    let t = s;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    out[i] = ((t ^ (t >>> 14)) >>> 0) / 2 ** 32;
+  }
+  return out;
+}
+
+// Exact k nearest rows of db for query row q, by squared L2 in float64.
+function bruteForce(db: Float32Array, q: Float32Array, d: number, k: number) {
+  const n = db.length / d;
+  const dist: { i: number; dist: number }[] = [];
+  for (let i = 0; i < n; i++) {
+    let s = 0;
+    for (let j = 0; j < d; j++) s += (db[i * d + j] - q[j]) ** 2;
+    dist.push({ i, dist: s });
+  }
+  dist.sort((a, b) => a.dist - b.dist);
+  return dist.slice(0, k);
+}
+
+// IEEE half bits of a value that float16 represents exactly (here: k / 256, |k| <= 512).
+function halfBits(v: number): number {
+  if (v === 0) return 0;
+  const sign = v < 0 ? 0x8000 : 0;
+  const a = Math.abs(v);
+  const e = Math.floor(Math.log2(a));
+  const mant = (a / 2 ** e - 1) * 1024;
+  assert.ok(Number.isInteger(mant) && e >= -14 && e <= 15, `${v} is not exact in float16`);
+  return sign | ((e + 15) << 10) | mant;
+}
+
+// Rows whose values are exact in float16, as float32 and as raw half bits.
+function halfExactRows(n: number, d: number, seed: number) {
+  const f32 = randomRows(n, d, seed).map((v) => Math.round((v * 4 - 2) * 256) / 256);
+  const f16 = Uint16Array.from(f32, halfBits);
+  return { f32, f16 };
+}
+
+Deno.test("a flat L2 index returns the brute-force nearest neighbours computed in TypeScript", () => {
+  const d = 8, k = 5;
+  const db = randomRows(300, d, 1);
+  const queries = randomRows(7, d, 2);
+  using index = FaissIndex.factory(d, "Flat");
+  assert.equal(index.isTrained, true);
+  index.add(db);
+  assert.equal(index.ntotal, 300);
+  const { distances, labels } = index.search(queries, k);
+  assert.equal(labels.length, 7 * k);
+  for (let qi = 0; qi < 7; qi++) {
+    const expected = bruteForce(db, queries.subarray(qi * d, (qi + 1) * d), d, k);
+    for (let r = 0; r < k; r++) {
+      assert.equal(labels[qi * k + r], BigInt(expected[r].i), `query ${qi} rank ${r}`);
+      assert.ok(Math.abs(distances[qi * k + r] - expected[r].dist) < 1e-5);
+    }
+  }
+});
+
+Deno.test("an inner-product flat index ranks by largest dot product", () => {
+  const d = 4;
+  using index = FaissIndex.factory(d, "Flat", "ip");
+  assert.equal(index.metric, "ip");
+  index.add(new Float32Array([1, 0, 0, 0, 0, 2, 0, 0, 0, 0, 3, 0]));
+  const { distances, labels } = index.search(new Float32Array([0, 1, 1, 0]), 3);
+  assert.deepEqual([...labels], [2n, 1n, 0n]);
+  assert.deepEqual([...distances], [3, 2, 0]);
+});
+
+Deno.test("IVFPQ with nprobe = nlist finds each stored vector as its own nearest neighbour", () => {
+  // 10k rows: enough for 256 PQ centroids (FAISS warns below 39 points per centroid).
+  const d = 8, nlist = 16;
+  const db = randomRows(10_000, d, 3);
+  using index = FaissIndex.ivfpq({ d, nlist, m: 4, nbits: 8 });
+  assert.equal(index.type, "faiss::IndexIVFPQ");
+  assert.equal(index.metric, "l2");
+  assert.equal(index.isTrained, false);
+  index.train(db);
+  assert.equal(index.isTrained, true);
+  index.add(db);
+  assert.equal(index.nprobe, 1);
+  index.nprobe = nlist;
+  assert.equal(index.nprobe, nlist);
+  const picks = Array.from({ length: 40 }, (_, i) => i * 250 + 7);
+  const queries = new Float32Array(picks.length * d);
+  picks.forEach((row, i) => queries.set(db.subarray(row * d, (row + 1) * d), i * d));
+  const { distances, labels } = index.search(queries, 2);
+  picks.forEach((row, i) => {
+    assert.equal(labels[i * 2], BigInt(row), `stored row ${row} is its own nearest neighbour`);
+    assert.ok(distances[i * 2] < distances[i * 2 + 1]);
+  });
+});
+
+Deno.test("nprobe reaches the IVF index through IDMap and PreTransform wrappers", () => {
+  using index = FaissIndex.factory(8, "IDMap,PCA4,IVF4,Flat");
+  assert.equal(index.nprobe, 1);
+  index.nprobe = 3;
+  assert.equal(index.nprobe, 3);
+  using flat = FaissIndex.factory(8, "Flat");
+  assert.throws(() => flat.nprobe, /nprobe applies only to IVF indexes; this index is .*IndexFlat/);
+  assert.throws(() => (index.nprobe = 0), /nprobe must be an integer/);
+});
+
+Deno.test("add numbers vectors sequentially and addWithIds keeps the given ids", () => {
+  const d = 4;
+  const a = randomRows(5, d, 4);
+  const b = randomRows(3, d, 5);
+  using seq = FaissIndex.factory(d, "Flat");
+  seq.add(a);
+  seq.add(b);
+  assert.equal(seq.ntotal, 8);
+  const hits = seq.search(b, 1).labels;
+  assert.deepEqual([...hits], [5n, 6n, 7n]);
+
+  using mapped = FaissIndex.factory(d, "IDMap,Flat");
+  const ids = BigInt64Array.from([1000n, 2000n, 3000n, 9_007_199_254_740_993n, -5n]);
+  mapped.addWithIds(a, ids);
+  assert.deepEqual([...mapped.search(a, 1).labels], [...ids]);
+  assert.throws(
+    () => seq.addWithIds(a, ids),
+    /faiss add_with_ids: .*add_with_ids not implemented for this type of index/,
+  );
+});
+
+Deno.test("a search for more neighbours than stored vectors pads labels with -1", () => {
+  using index = FaissIndex.factory(2, "Flat");
+  index.add(new Float32Array([0, 0, 1, 1]));
+  const { labels } = index.search(new Float32Array([0, 0]), 4);
+  assert.deepEqual([...labels], [0n, 1n, -1n, -1n]);
+});
+
+Deno.test("float16 input gives the same index and results as float32 of the same values", () => {
+  const d = 8;
+  const data = halfExactRows(2_000, d, 6);
+  const queries = halfExactRows(20, d, 7);
+  const build = (x: Float32Array | { dtype: "float16"; data: Uint16Array }) => {
+    const index = FaissIndex.ivfpq({ d, nlist: 8, m: 4, nbits: 4 });
+    index.train(x);
+    index.add(x);
+    index.nprobe = 8;
+    return index;
+  };
+  using i32 = build(data.f32);
+  using i16 = build({ dtype: "float16", data: data.f16 });
+  const r32 = i32.search(queries.f32, 5);
+  const r16 = i16.search({ dtype: "float16", data: queries.f16 }, 5);
+  assert.deepEqual([...r16.labels], [...r32.labels]);
+  assert.deepEqual([...r16.distances], [...r32.distances]);
+});
+
+Deno.test("float16 input longer than one 65536-row slice keeps ids and result rows aligned", () => {
+  const d = 2, n = 70_000;
+  const rows = halfExactRows(n, d, 8);
+  const ids = BigInt64Array.from({ length: n }, (_, i) => BigInt(i * 3 + 1));
+  using index = FaissIndex.factory(d, "IDMap,Flat");
+  index.addWithIds({ dtype: "float16", data: rows.f16 }, ids);
+  assert.equal(index.ntotal, n);
+  // Queries from both slices: rows 5 and 69_990 (second slice starts at row 65_536).
+  const q = new Float32Array([
+    ...rows.f32.subarray(10, 12),
+    ...rows.f32.subarray(139_980, 139_982),
+  ]);
+  const { distances } = index.search(q, 1);
+  assert.deepEqual([...distances], [0, 0]);
+
+  // Many float16 queries against a small index: row i of the result belongs to query i.
+  using small = FaissIndex.factory(d, "Flat");
+  small.add(rows.f32.subarray(0, 200));
+  const many = small.search({ dtype: "float16", data: rows.f16.subarray(0, 66_000 * d) }, 1);
+  const many32 = small.search(rows.f32.subarray(0, 66_000 * d), 1);
+  assert.deepEqual(many.labels, many32.labels);
+  assert.equal(many.labels[99], 99n);
+});
+
+Deno.test("vectors given as a raw pointer give the same results as the typed array", async () => {
+  const d = 4;
+  const db = randomRows(50, d, 9);
+  const half = halfExactRows(6, d, 10);
+  using index = FaissIndex.factory(d, "Flat");
+  index.add({ pointer: Deno.UnsafePointer.of(db)!, n: 50, dtype: "float32" });
+  assert.equal(index.ntotal, 50);
+  const viaArray = index.search(half.f32, 3);
+  const viaPointer = index.search({
+    pointer: Deno.UnsafePointer.of(half.f16)!,
+    n: 6,
+    dtype: "float16",
+  }, 3);
+  assert.deepEqual(viaPointer, viaArray);
+  const viaPointerAsync = await index.searchAsync(
+    { pointer: Deno.UnsafePointer.of(half.f32)!, n: 6, dtype: "float32" },
+    3,
+  );
+  assert.deepEqual(viaPointerAsync, viaArray);
+});
+
+Deno.test("async train, add, addWithIds and search match their sync forms", async () => {
+  const d = 8;
+  const data = randomRows(1_000, d, 11);
+  const queries = randomRows(10, d, 12);
+  const ids = BigInt64Array.from({ length: 1_000 }, (_, i) => BigInt(i) + 10_000n);
+  using syncIndex = FaissIndex.factory(d, "IDMap,IVF8,Flat");
+  syncIndex.train(data, 800);
+  syncIndex.addWithIds(data, ids);
+  syncIndex.nprobe = 8;
+  using asyncIndex = FaissIndex.factory(d, "IDMap,IVF8,Flat");
+  await asyncIndex.trainAsync(data, 800);
+  await asyncIndex.addWithIdsAsync(data, ids);
+  asyncIndex.nprobe = 8;
+  const [a, b] = await Promise.all([
+    asyncIndex.searchAsync(queries, 4),
+    asyncIndex.searchAsync(queries, 4),
+  ]);
+  assert.deepEqual(a, syncIndex.search(queries, 4));
+  assert.deepEqual(b, a);
+
+  using flat = FaissIndex.factory(d, "Flat");
+  await flat.addAsync(data);
+  assert.equal(flat.ntotal, 1_000);
+  assert.deepEqual([...(await flat.searchAsync(data.subarray(0, d), 1)).labels], [0n]);
+});
+
+Deno.test("write then read (with and without mmap) gives identical search results", async () => {
+  const d = 16;
+  const dir = Deno.makeTempDirSync({ prefix: "knnlm_faiss_test_" });
+  try {
+    const data = randomRows(2_000, d, 13);
+    const queries = randomRows(12, d, 14);
+    using index = FaissIndex.ivfpq({ d, nlist: 8, m: 4, nbits: 4 });
+    index.train(data);
+    index.add(data);
+    index.nprobe = 4;
+    const expected = index.search(queries, 5);
+    const path = `${dir}/keys.index`;
+    index.write(path);
+    assert.deepEqual(Array.from(Deno.readDirSync(dir), (e) => e.name), ["keys.index"]);
+
+    using loaded = FaissIndex.read(path);
+    assert.equal(loaded.ntotal, 2_000);
+    assert.equal(loaded.nprobe, 4);
+    assert.deepEqual(loaded.search(queries, 5), expected);
+
+    using mapped = FaissIndex.read(path, { mmap: true });
+    assert.equal(mapped.type, "faiss::IndexIVFPQ");
+    assert.deepEqual(mapped.search(queries, 5), expected);
+    assert.throws(() => mapped.add(data), /faiss add: .*read_only/);
+
+    await index.writeAsync(`${dir}/again.index`);
+    assert.deepEqual(Deno.readFileSync(`${dir}/again.index`), Deno.readFileSync(path));
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
+
+Deno.test("shape errors are caught in TypeScript with messages naming the problem", () => {
+  using index = FaissIndex.factory(4, "Flat");
+  assert.throws(
+    () => index.add(new Float32Array(7)),
+    /add: array length 7 is not a multiple of d = 4/,
+  );
+  assert.throws(() => index.add(new Float32Array(0)), /add: no vectors/);
+  assert.throws(
+    () => index.search(new Float32Array(4), 0),
+    /search: k must be an integer in 1\.\./,
+  );
+  assert.throws(() => index.search(new Float32Array(4), 1.5), /k must be an integer/);
+  assert.throws(
+    () => index.addWithIds(new Float32Array(8), new BigInt64Array(3)),
+    /addWithIds: 3 ids for 2 vectors/,
+  );
+  assert.throws(() => index.train(new Float32Array(8), 3), /train: n = 3 but only 2 rows/);
+  assert.throws(
+    () =>
+      index.add({ pointer: Deno.UnsafePointer.of(new Float32Array(4))!, n: 0, dtype: "float32" }),
+    /add: n must be an integer/,
+  );
+  assert.throws(
+    () => index.add(new Float64Array(4) as unknown as Float32Array),
+    /vectors must be a Float32Array/,
+  );
+  assert.throws(() => FaissIndex.ivfpq({ d: 10, nlist: 4, m: 3 }), /m \(3\) must divide d \(10\)/);
+  assert.throws(() => FaissIndex.factory(0, "Flat"), /d must be an integer/);
+});
+
+Deno.test("adding to an untrained IVF index throws before calling FAISS", async () => {
+  using index = FaissIndex.ivfpq({ d: 8, nlist: 4, m: 2 });
+  assert.throws(
+    () => index.add(new Float32Array(8)),
+    /add: index is not trained; call train\(\) first/,
+  );
+  await assert.rejects(
+    index.addWithIdsAsync(new Float32Array(8), new BigInt64Array(1)),
+    /addWithIdsAsync: index is not trained/,
+  );
+});
+
+Deno.test("FAISS errors surface as JS errors carrying FAISS's own message", () => {
+  assert.throws(
+    () => FaissIndex.factory(8, "IVF4,Bogus"),
+    /faiss index_factory\(8, "IVF4,Bogus"\): .*could not parse/,
+  );
+  const missing = `${Deno.makeTempDirSync()}/no_such.index`;
+  assert.throws(
+    () => FaissIndex.read(missing),
+    (e: Error) =>
+      e.message.startsWith(`${missing}: faiss read_index`) && /could not open/.test(e.message),
+  );
+});
+
+Deno.test("every method throws after close, and close is idempotent", async () => {
+  const index = FaissIndex.factory(2, "Flat");
+  index.add(new Float32Array([1, 2]));
+  index.close();
+  index.close();
+  assert.equal(index.closed, true);
+  const q = new Float32Array([1, 2]);
+  assert.throws(() => index.search(q, 1), /search: index is closed/);
+  assert.throws(() => index.add(q), /add: index is closed/);
+  assert.throws(() => index.ntotal, /ntotal: index is closed/);
+  assert.throws(() => index.d, /d: index is closed/);
+  assert.throws(() => index.write("/tmp/never.index"), /write: index is closed/);
+  assert.throws(() => index.reset(), /reset: index is closed/);
+  await assert.rejects(index.searchAsync(q, 1), /searchAsync: index is closed/);
+});
+
+Deno.test("an index busy with an async call refuses close and modification until it settles", async () => {
+  const d = 8;
+  using index = FaissIndex.factory(d, "Flat");
+  index.add(randomRows(2_000, d, 15));
+  const pending = index.searchAsync(randomRows(200, d, 16), 5);
+  assert.throws(
+    () => index.close(),
+    /cannot close while searchAsync is in progress; await it first/,
+  );
+  assert.throws(
+    () => index.add(new Float32Array(d)),
+    /add: searchAsync is in progress on this index/,
+  );
+  const concurrent = index.searchAsync(new Float32Array(d), 1);
+  const result = await pending;
+  await concurrent;
+  assert.equal(result.labels.length, 1_000);
+  const adding = index.addAsync(new Float32Array(d));
+  await assert.rejects(
+    index.searchAsync(new Float32Array(d), 1),
+    /searchAsync: addAsync is in progress/,
+  );
+  await adding;
+  assert.equal(index.ntotal, 2_001);
+  index.reset();
+  assert.equal(index.ntotal, 0);
+});
+
+Deno.test("setNumThreads changes the OpenMP thread count that getNumThreads reports", () => {
+  const before = getNumThreads();
+  assert.ok(before >= 1);
+  try {
+    setNumThreads(1);
+    assert.equal(getNumThreads(), 1);
+  } finally {
+    setNumThreads(before);
+  }
+  assert.throws(() => setNumThreads(0), /n must be an integer/);
+});
