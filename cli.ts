@@ -8,10 +8,10 @@
 
 import { parseArgs } from "node:util";
 import {
-  type BuildOptions,
   buildIndex,
-  ConfigError,
+  type BuildOptions,
   configArgOptions,
+  ConfigError,
   Datastore,
   describeConfigKeys,
   evaluate,
@@ -237,8 +237,11 @@ async function pipelineCommand(name: string, argv: string[], stages: Stage[]) {
     const p = datastorePaths(config.out);
     console.error(
       `datastore ${config.out}: ${manifest.keys.shape[0]} keys of width ${manifest.keys.shape[1]}` +
-        (manifest.index ? `, index ${manifest.index.factory} (nprobe ${manifest.index.nprobe})` : "") +
-        `\n  ${p.keys}\n  ${p.vals}` + (manifest.index ? `\n  ${p.index}` : "") + `\n  ${p.manifest}`,
+        (manifest.index
+          ? `, index ${manifest.index.factory} (nprobe ${manifest.index.nprobe})`
+          : "") +
+        `\n  ${p.keys}\n  ${p.vals}` + (manifest.index ? `\n  ${p.index}` : "") +
+        `\n  ${p.manifest}`,
     );
   }
 }
@@ -265,7 +268,9 @@ Prints what datastore.json records about a datastore: model, corpus, shapes, ind
   const lines = [
     `datastore   ${dir} (format ${m.format}, ${m.toolkit.name} ${m.toolkit.version}, ${m.updatedAt})`,
     `model       ${m.model.path}`,
-    `            sha256 ${m.model.sha256.slice(0, 16)}…, key '${m.model.keyTensor}', d=${m.model.dModel}, vocab ${m.model.vocabSize}`,
+    `            sha256 ${
+      m.model.sha256.slice(0, 16)
+    }…, key '${m.model.keyTensor}', d=${m.model.dModel}, vocab ${m.model.vocabSize}`,
     `corpus      ${m.corpus.spec} (${m.corpus.name}): ${m.corpus.nTokens} of ${m.corpus.totalTokens} tokens`,
     `keys        ${m.keys.file} ${m.keys.dtype} [${m.keys.shape}]`,
     `vals        ${m.vals.file} ${m.vals.dtype} [${m.vals.shape}]`,
@@ -424,7 +429,8 @@ Options:
   console.log(rows.join("\n"));
   console.log(
     `\n${result.tokens} tokens in ${formatDuration(result.seconds)} ` +
-      `(${formatCount(result.tokensPerSecond)} tok/s)` + (values.plot ? `; plot: ${values.plot}` : ""),
+      `(${formatCount(result.tokensPerSecond)} tok/s)` +
+      (values.plot ? `; plot: ${values.plot}` : ""),
   );
 }
 
@@ -468,7 +474,10 @@ Options:
       --json            print the result as JSON`);
   }
   if (!values.datastore || values.text === undefined) {
-    throw new UsageError("--datastore DIR and --text TEXT are required", "see knn neighbors --help");
+    throw new UsageError(
+      "--datastore DIR and --text TEXT are required",
+      "see knn neighbors --help",
+    );
   }
   const k = intFlag("k", values.k, 8);
   const lambda = values.lambda === undefined ? 0.25 : Number(values.lambda);
@@ -493,7 +502,7 @@ Options:
     row: n.row,
     distance: n.distance,
     next: byteTokenLabel(n.token),
-    context: decodeBytes(knn.corpusTokens(n.row - width + 1, n.row + 1), { lossy: true }),
+    context: decodeBytes(knn.corpusTokens(n.row - width + 1, n.row + 1)),
   }));
   const top = (p: Float64Array) =>
     Array.from(p.keys()).sort((a, b) => p[b] - p[a]).slice(0, 5).map((t) => ({
@@ -513,7 +522,9 @@ Options:
   console.log(`${"#".padStart(3)}  ${"row".padStart(9)}  ${"dist".padStart(9)}  next  context`);
   neighbours.forEach((n, i) =>
     console.log(
-      `${String(i + 1).padStart(3)}  ${String(n.row).padStart(9)}  ${n.distance.toFixed(3).padStart(9)}  ` +
+      `${String(i + 1).padStart(3)}  ${String(n.row).padStart(9)}  ${
+        n.distance.toFixed(3).padStart(9)
+      }  ` +
         `${n.next.padEnd(4)}  …${JSON.stringify(n.context)}`,
     )
   );
@@ -544,8 +555,9 @@ export async function main(argv: string[]): Promise<number> {
   } catch (e) {
     const err = e as Error;
     if (verbose) console.error(err);
-    else if (err instanceof ConfigError) console.error(`error: ${err.message.replaceAll("\n", "\n       ")}`);
-    else console.error(`error: ${err.message}`);
+    else if (err instanceof ConfigError) {
+      console.error(`error: ${err.message.replaceAll("\n", "\n       ")}`);
+    } else console.error(`error: ${err.message}`);
     if (err instanceof UsageError && err.hint) console.error(`hint: ${err.hint}`);
     else if (!verbose && !(err instanceof ConfigError) && !(err instanceof UsageError)) {
       console.error("hint: run with --verbose for details");

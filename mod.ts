@@ -93,9 +93,9 @@ export {
   type KeyModel,
 } from "./lib/gather.ts";
 export {
-  addToIndex,
   type AddOptions,
   type AddProgress,
+  addToIndex,
   type IndexRequest,
   MIN_POINTS_PER_CENTROID,
   planIndex,
@@ -112,21 +112,16 @@ export {
   type IndexParams,
   readManifest,
 } from "./lib/datastore.ts";
-export {
-  type BuildOptions,
-  buildIndex,
-  type PipelineEvent,
-  type Stage,
-} from "./lib/pipeline.ts";
+export { buildIndex, type BuildOptions, type PipelineEvent, type Stage } from "./lib/pipeline.ts";
 
 // Querying: evaluation, neighbours and next-token distributions.
 export {
   Datastore,
   DEFAULT_LAMBDAS,
   type DistanceMode,
-  evaluate,
   type EvalOptions,
   type EvalResult,
+  evaluate,
   type ModeResult,
   type ScoringModel,
 } from "./lib/eval.ts";
@@ -146,7 +141,7 @@ export {
   logSoftmax,
   perplexity,
 } from "./lib/knn_math.ts";
-export { lambdaPlotSvg, type LambdaPlotOptions, type PlotSeries } from "./lib/plot_svg.ts";
+export { type LambdaPlotOptions, lambdaPlotSvg, type PlotSeries } from "./lib/plot_svg.ts";
 
 /**
  * Corpus sources. {@linkcode loadCorpus} takes `brown:train` / `brown:valid` / `brown:test`,
@@ -187,3 +182,19 @@ export {
   type DecodeOptions,
   encodeBytes,
 } from "./lib/tokenizer.ts";
+
+// FAISS through Deno FFI (a project-owned C++ shim over the FAISS C++ library).
+export {
+  FaissIndex,
+  faissLibraryPath,
+  faissVersion,
+  getNumThreads,
+  IO_FLAG_MMAP,
+  type IvfPqOptions,
+  type Metric,
+  type ReadOptions,
+  type SearchResult,
+  setNumThreads,
+  type VectorDType,
+  type Vectors,
+} from "./lib/faiss/mod.ts";

@@ -53,10 +53,13 @@ export function planIndex(
     trainSize = n;
   }
   if (req.factory) {
+    // Ids are row numbers: IVF indexes store them; anything else needs an IDMap around it.
+    const factory = /IVF|IDMap/.test(req.factory) ? req.factory : `IDMap,${req.factory}`;
+    const ivf = /IVF(\d+)/.exec(factory);
     return {
       params: {
-        factory: req.factory,
-        nlist: 0,
+        factory,
+        nlist: ivf ? Number(ivf[1]) : 0,
         m: 0,
         nbits: 0,
         metric,
@@ -93,6 +96,13 @@ export function planIndex(
     );
     nbits = maxBits;
   }
+  const pqWants = MIN_POINTS_PER_CENTROID * 2 ** nbits;
+  if (trainSize < pqWants) {
+    warnings.push(
+      `PQ codebooks of ${2 ** nbits} entries want ≥ ${pqWants} training keys; ` +
+        `${trainSize} available: codes will be coarse (FAISS warns too)`,
+    );
+  }
   let nprobe = req.nprobe ?? 8;
   if (nprobe > nlist) {
     warnings.push(`nprobe ${nprobe} > nlist ${nlist}: using nprobe ${nlist}`);
@@ -114,7 +124,7 @@ export function planIndex(
 }
 
 function newIndex(d: number, p: IndexParams): FaissIndex {
-  if (p.nlist > 0) {
+  if (p.m > 0) {
     return FaissIndex.ivfpq({ d, nlist: p.nlist, m: p.m, nbits: p.nbits, metric: p.metric });
   }
   return FaissIndex.factory(d, p.factory, p.metric);
@@ -141,7 +151,7 @@ export interface TrainIndexOptions {
 export async function trainIndex(opts: TrainIndexOptions): Promise<{ seconds: number }> {
   const t0 = performance.now();
   const paths = datastorePaths(opts.dir);
-  using keys = MappedArray.open(paths.keys, { mode: "r" });
+  using keys = MappedArray.open(paths.keys, { mode: "r", dtypes: ["<f4", "<f2"] });
   const d = keys.rowLength;
   const rows = sampleRows(keys.rows, opts.params.trainSize, opts.params.seed);
   // sample: [trainSize, d] in the keys' own dtype; float16 is widened in native code.
@@ -188,7 +198,7 @@ export async function addToIndex(opts: AddOptions): Promise<{ ntotal: number; se
   const t0 = performance.now();
   const paths = datastorePaths(opts.dir);
   const chunk = opts.chunk ?? 65536;
-  using keys = MappedArray.open(paths.keys, { mode: "r" });
+  using keys = MappedArray.open(paths.keys, { mode: "r", dtypes: ["<f4", "<f2"] });
   using index = FaissIndex.read(paths.trainedIndex);
   if (index.d !== keys.rowLength) {
     throw new Error(

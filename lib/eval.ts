@@ -9,7 +9,7 @@
 import { FaissIndex } from "./faiss/mod.ts";
 import { MappedArray } from "./mmap.ts";
 import { f16ArrayToF32 } from "./half.ts";
-import { datastorePaths, type DatastoreManifest, readManifest } from "./datastore.ts";
+import { type DatastoreManifest, datastorePaths, readManifest } from "./datastore.ts";
 import { interpolatedPerplexity, knnLogProb, perplexity } from "./knn_math.ts";
 import { planWindows } from "./windows.ts";
 
@@ -72,7 +72,9 @@ export class Datastore implements Disposable {
       );
     }
     if (!manifest.index) {
-      throw new Error(`${dir}: the datastore has no finished index (run \`knn build-index --out ${dir}\`)`);
+      throw new Error(
+        `${dir}: the datastore has no finished index (run \`knn build-index --out ${dir}\`)`,
+      );
     }
     for (const p of [paths.keys, paths.vals, paths.index]) {
       try {
@@ -87,7 +89,9 @@ export class Datastore implements Disposable {
     try {
       const [n, d] = manifest.keys.shape;
       if (keys.rows !== n || keys.rowLength !== d) {
-        throw new Error(`${paths.keys}: shape [${keys.shape}] does not match datastore.json [${n}, ${d}]`);
+        throw new Error(
+          `${paths.keys}: shape [${keys.shape}] does not match datastore.json [${n}, ${d}]`,
+        );
       }
       if (vals.rows !== n) {
         throw new Error(`${paths.vals}: ${vals.rows} rows, datastore.json says ${n}`);
@@ -316,10 +320,20 @@ export async function evaluate(opts: EvalOptions): Promise<EvalResult> {
         }
         if (knn.faiss) {
           const dist = distances.subarray(i * k, i * k + k);
-          knn.faiss[positions[i]] = knnLogProb(ip ? dist.map((x) => -x) : dist, neighbourVals, y, T);
+          knn.faiss[positions[i]] = knnLogProb(
+            ip ? dist.map((x) => -x) : dist,
+            neighbourVals,
+            y,
+            T,
+          );
         }
         if (knn.exact && exact) {
-          knn.exact[positions[i]] = knnLogProb(exact.subarray(i * k, i * k + k), neighbourVals, y, T);
+          knn.exact[positions[i]] = knnLogProb(
+            exact.subarray(i * k, i * k + k),
+            neighbourVals,
+            y,
+            T,
+          );
         }
       }
       opts.onProgress?.({ done: positions[nq - 1] + 1, total: n });

@@ -24,9 +24,12 @@ export async function openDatastoreModel(
   try {
     sha = await sha256File(path);
   } catch (e) {
-    throw new Error(`${path}: cannot read the model ${ds.dir} was built with (${(e as Error).message})`, {
-      cause: e,
-    });
+    throw new Error(
+      `${path}: cannot read the model ${ds.dir} was built with (${(e as Error).message})`,
+      {
+        cause: e,
+      },
+    );
   }
   if (sha !== m.sha256) {
     throw new Error(
@@ -111,7 +114,11 @@ export class KnnLm implements Disposable {
   /** Distance mode. */
   readonly distance: "exact" | "faiss";
 
-  private constructor(ds: Datastore, model: OnnxLm, o: Required<Omit<KnnLmOptions, "datastore" | "model" | "nprobe" | "threads">>) {
+  private constructor(
+    ds: Datastore,
+    model: OnnxLm,
+    o: Required<Omit<KnnLmOptions, "datastore" | "model" | "nprobe" | "threads">>,
+  ) {
     this.datastore = ds;
     this.model = model;
     this.k = o.k;
@@ -124,7 +131,9 @@ export class KnnLm implements Disposable {
   static async open(opts: KnnLmOptions): Promise<KnnLm> {
     const k = opts.k ?? 1024;
     const lambda = opts.lambda ?? 0.25;
-    if (!(lambda >= 0 && lambda <= 1)) throw new RangeError(`lambda must be in [0, 1], found ${lambda}`);
+    if (!(lambda >= 0 && lambda <= 1)) {
+      throw new RangeError(`lambda must be in [0, 1], found ${lambda}`);
+    }
     const ds = await Datastore.open(opts.datastore, { nprobe: opts.nprobe });
     try {
       if (!Number.isInteger(k) || k < 1 || k > ds.size) {

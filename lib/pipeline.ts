@@ -24,7 +24,7 @@ import {
 } from "./datastore.ts";
 import { faissVersion, getNumThreads, setNumThreads } from "./faiss/mod.ts";
 import { gather, type GatherProgress } from "./gather.ts";
-import { addToIndex, type AddProgress, planIndex, trainIndex } from "./build_index.ts";
+import { type AddProgress, addToIndex, planIndex, trainIndex } from "./build_index.ts";
 import { OnnxLm } from "./onnx/runner.ts";
 import { TOOLKIT_NAME, TOOLKIT_VERSION, versions } from "./version.ts";
 
@@ -243,7 +243,11 @@ export async function buildIndex(
     const added = manifest.index !== undefined && sameParams(manifest.index, params) &&
       !(opts.force && stages.has("add"));
     if (stages.has("add") && added) {
-      emit({ type: "skip", stage: "add", reason: `index complete (${manifest.index!.ntotal} keys)` });
+      emit({
+        type: "skip",
+        stage: "add",
+        reason: `index complete (${manifest.index!.ntotal} keys)`,
+      });
     }
     if (stages.has("add") && !added) {
       if (!sameParams(manifest.trained, params)) {
@@ -251,7 +255,11 @@ export async function buildIndex(
           `${dir}: no trained index for ${params.factory} (run \`knn train-index\` first)`,
         );
       }
-      emit({ type: "start", stage: "add", detail: `${n} keys in chunks of ${config.index.addChunk}` });
+      emit({
+        type: "start",
+        stage: "add",
+        detail: `${n} keys in chunks of ${config.index.addChunk}`,
+      });
       const a = await addToIndex({
         dir,
         params,

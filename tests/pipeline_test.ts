@@ -207,7 +207,7 @@ Deno.test("a model exported without ff_input gives the same datastore once the t
 async function intermediateKeyName(): Promise<string> {
   const { inspectModel } = await import("../mod.ts");
   const info = await inspectModel(TINY_NOKEY);
-  return info.keyCandidates[0].name;
+  return info.keyCandidates[0].tensor;
 }
 
 Deno.test("a finished build is skipped on a second run and a different setting is refused", async () => {
@@ -250,7 +250,11 @@ Deno.test("bad inputs fail with errors that name the file or setting", async () 
       /--seq-len: seqLen: expected an integer/,
     );
     await assert.rejects(
-      buildIndex({ ...config, index: { ...config.index, factory: null, m: 48 }, out: join(dir, "d") }),
+      buildIndex({
+        ...config,
+        index: { ...config.index, factory: null, m: 48 },
+        out: join(dir, "d"),
+      }),
       /index\.m: the PQ code size \(48 bytes\) must divide the key width d = 64/,
     );
   } finally {
