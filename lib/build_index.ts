@@ -213,6 +213,7 @@ export async function addToIndex(opts: AddOptions): Promise<{ ntotal: number; se
   }
   keys.advise("sequential");
   const n = keys.rows;
+  opts.onProgress?.({ done: 0, total: n });
   for (let start = 0; start < n; start += chunk) {
     opts.signal?.throwIfAborted();
     const end = Math.min(n, start + chunk);

@@ -218,6 +218,7 @@ export async function gather(opts: GatherOptions): Promise<GatherResult> {
       sinceCheckpoint = 0;
     };
     if (!progress) await checkpoint();
+    opts.onProgress?.({ done: rowsDone, total: rows, resumedFrom });
 
     // One batch in flight while the previous one is copied into the maps.
     let pending = batchesDone < nBatches ? launch(batchesDone) : undefined;
