@@ -10,8 +10,8 @@
 
 import { join, resolve } from "node:path";
 import { loadCorpus } from "../lib/corpus/mod.ts";
-import { machineInfo } from "./machine.ts";
-import { type MeasuredRun, runMeasured } from "./proc.ts";
+import { loadAverage, machineInfo, systemCpu } from "./machine.ts";
+import { type MeasuredRun, parsePidCpuSeconds, runMeasured, USER_HZ } from "./proc.ts";
 import {
   type BenchChecks,
   type BenchResults,
@@ -59,6 +59,8 @@ export interface BenchSettings {
   intervalMs: number;
   /** Niceness for the children (0: none). */
   nice: number;
+  /** Extra environment variables for both sides (e.g. `OMP_WAIT_POLICY`); they win. */
+  env?: Record<string, string>;
 }
 
 /** Where things are, and what to tell the user along the way. */
@@ -88,6 +90,7 @@ interface RunRecord {
   peakRssAnon?: number;
   peakRss?: number;
   samples: number;
+  cpuSeconds?: number;
   output: unknown;
 }
 
@@ -135,6 +138,7 @@ export async function runBench(s: BenchSettings, env: BenchEnvironment): Promise
   const startedAt = new Date().toISOString();
   const t0 = performance.now();
   const machine = machineInfo();
+  const cpuAtStart = systemCpu();
   const root = resolve(env.root);
   const work = resolve(env.workDir);
   const modelDir = resolve(root, s.modelDir);
@@ -169,6 +173,7 @@ export async function runBench(s: BenchSettings, env: BenchEnvironment): Promise
     MKL_NUM_THREADS: String(s.threads),
     ONNXRUNTIME_NODE_INSTALL_CUDA: "skip",
     PYTHONDONTWRITEBYTECODE: "1",
+    ...s.env,
   };
   const dirOf = (side: Side) => join(work, side === "toolkit" ? "toolkit_ds" : "reference_ds");
   const shared = {
@@ -325,9 +330,11 @@ export async function runBench(s: BenchSettings, env: BenchEnvironment): Promise
         buildWallSeconds: b.run.wallSeconds,
         buildPeakHwm: b.run.peakHwm,
         buildPeakRssAnon: b.run.peakRssAnon,
+        buildCpuSeconds: b.run.cpuSeconds,
         evalWallSeconds: e.run.wallSeconds,
         evalPeakHwm: e.run.peakHwm,
         evalPeakRssAnon: e.run.peakRssAnon,
+        evalCpuSeconds: e.run.cpuSeconds,
       });
       reps.push({ rep, side, values });
       versions[side] ??= (b.output as Json).versions as Record<string, string>;
@@ -360,6 +367,16 @@ export async function runBench(s: BenchSettings, env: BenchEnvironment): Promise
   }
   if (!env.keep) { for (const side of s.sides) await removeDir(dirOf(side)); }
 
+  // CPU the rest of the machine used meanwhile: all busy time minus ours and our children's.
+  let otherCpuShare: number | undefined;
+  const cpuAtEnd = systemCpu();
+  const own = parsePidCpuSeconds(Deno.readTextFileSync("/proc/self/stat")) ?? 0;
+  if (cpuAtStart && cpuAtEnd && cpuAtEnd.total > cpuAtStart.total) {
+    const children = runs.reduce((a, r) => a + (r.cpuSeconds ?? 0), 0);
+    const busy = (cpuAtEnd.busy - cpuAtStart.busy) / USER_HZ - children - own;
+    otherCpuShare = Math.max(0, busy / ((cpuAtEnd.total - cpuAtStart.total) / USER_HZ));
+  }
+
   const checks: BenchChecks = {};
   if (perplexities.toolkit || perplexities.reference) {
     const [tk, ref] = [perplexities.toolkit, perplexities.reference];
@@ -380,7 +397,7 @@ export async function runBench(s: BenchSettings, env: BenchEnvironment): Promise
     startedAt,
     finishedAt: new Date().toISOString(),
     totalSeconds: (performance.now() - t0) / 1000,
-    machine,
+    machine: { ...machine, loadAverageEnd: loadAverage(), otherCpuShare },
     versions,
     settings: {
       ...s,

@@ -52,6 +52,24 @@ export function parseProcStatus(text: string): ProcMemory | undefined {
   return out as ProcMemory;
 }
 
+/** Clock ticks per second of `/proc` CPU times (`USER_HZ`, 100 on Linux). */
+export const USER_HZ = 100;
+
+/**
+ * User + system CPU seconds of a process from a `/proc/<pid>/stat` text (fields 14 and 15,
+ * counted after the parenthesised command name, which may itself hold spaces or parentheses).
+ */
+export function parsePidCpuSeconds(stat: string): number | undefined {
+  const close = stat.lastIndexOf(")");
+  if (close < 0) return undefined;
+  const fields = stat.slice(close + 1).trim().split(/\s+/);
+  // fields[0] is field 3 (state), so field n is fields[n - 3].
+  const utime = Number(fields[11]);
+  const stime = Number(fields[12]);
+  if (!Number.isFinite(utime) || !Number.isFinite(stime)) return undefined;
+  return (utime + stime) / USER_HZ;
+}
+
 /** Peaks seen over a process's life. */
 export interface MemoryPeaks {
   /** Largest `VmHWM` read (bytes). */
@@ -62,6 +80,8 @@ export interface MemoryPeaks {
   peakRss?: number;
   /** Number of successful reads. */
   samples: number;
+  /** User + system CPU seconds at the last reading (the process's own threads). */
+  cpuSeconds?: number;
 }
 
 /** Folds one reading into running peaks (pure; `undefined` readings are skipped). */
@@ -70,6 +90,7 @@ export function foldPeaks(peaks: MemoryPeaks, m: ProcMemory | undefined): Memory
   const max = (a: number | undefined, b: number | undefined) =>
     b === undefined ? a : a === undefined ? b : Math.max(a, b);
   return {
+    ...peaks,
     peakHwm: max(peaks.peakHwm, m.vmHWM),
     peakRssAnon: max(peaks.peakRssAnon, m.rssAnon),
     peakRss: max(peaks.peakRss, m.vmRSS),
@@ -103,9 +124,9 @@ export interface MeasuredRun extends MemoryPeaks {
   wallSeconds: number;
 }
 
-function readMemory(pid: number): ProcMemory | undefined {
+function readProc<T>(pid: number, file: string, parse: (text: string) => T): T | undefined {
   try {
-    return parseProcStatus(Deno.readTextFileSync(`/proc/${pid}/status`));
+    return parse(Deno.readTextFileSync(`/proc/${pid}/${file}`));
   } catch {
     return undefined; // gone already, or between exit and reaping
   }
@@ -130,7 +151,8 @@ export async function runMeasured(opts: RunMeasuredOptions): Promise<MeasuredRun
   const output = child.output().finally(() => (finished = true));
   let peaks: MemoryPeaks = { samples: 0 };
   while (!finished) {
-    peaks = foldPeaks(peaks, readMemory(child.pid));
+    peaks = foldPeaks(peaks, readProc(child.pid, "status", parseProcStatus));
+    peaks.cpuSeconds = readProc(child.pid, "stat", parsePidCpuSeconds) ?? peaks.cpuSeconds;
     let timer: ReturnType<typeof setTimeout> | undefined;
     await Promise.race([
       output.catch(() => {}),

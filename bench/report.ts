@@ -29,7 +29,7 @@ export interface MetricDef {
   /** Row label; `{k}` is replaced by the number of neighbours. */
   label: string;
   /** Unit of the values. */
-  unit: "tok/s" | "s" | "bytes";
+  unit: "tok/s" | "s" | "bytes" | "CPU s";
   /** Decides whether a higher or lower ratio is better. */
   kind: MetricKind;
   /** Headline metrics come first in the table; the others follow under "details". */
@@ -105,6 +105,20 @@ export const METRICS: readonly MetricDef[] = [
     kind: "time",
     headline: false,
   },
+  {
+    key: "buildCpuSeconds",
+    label: "build CPU time",
+    unit: "CPU s",
+    kind: "cpu",
+    headline: false,
+  },
+  {
+    key: "evalCpuSeconds",
+    label: "eval CPU time",
+    unit: "CPU s",
+    kind: "cpu",
+    headline: false,
+  },
 ];
 
 /** All metric values of one side in one repetition (`undefined`: not measured). */
@@ -159,6 +173,7 @@ export function summarize(
 export function formatValue(x: number | undefined, unit: MetricDef["unit"]): string {
   if (unit === "bytes") return formatMiB(x);
   if (unit === "tok/s") return formatNumber(x, 0);
+  if (unit === "CPU s") return formatNumber(x, 1);
   return formatNumber(x, 2);
 }
 
@@ -205,6 +220,11 @@ export interface BenchResults {
   runs: Record<string, unknown>[];
 }
 
+/** A 1-minute load average at the start at or above this means other work was running. */
+export const BUSY_LOAD = 0.5;
+/** A share of the machine's CPU time used by other processes at or above this is flagged. */
+export const BUSY_SHARE = 0.1;
+
 function versionLine(v: Record<string, string> | undefined): string {
   return v ? Object.entries(v).map(([k, x]) => `${k} ${x}`).join(", ") : "not run";
 }
@@ -214,7 +234,14 @@ export function renderMarkdown(res: BenchResults): string {
   const s = res.settings;
   const m = res.machine;
   const ram = m.memTotalBytes ? `${(m.memTotalBytes / 2 ** 30).toFixed(1)} GiB RAM` : "RAM ?";
-  const load = m.loadAverage === undefined ? "" : `, load average ${m.loadAverage} at start`;
+  const load = m.loadAverage === undefined
+    ? ""
+    : `, load average ${m.loadAverage} at start, ${m.loadAverageEnd ?? "?"} at end`;
+  // The load average at the end counts this benchmark itself; at the start it does not.
+  const busy = (m.loadAverage ?? 0) >= BUSY_LOAD || (m.otherCpuShare ?? 0) >= BUSY_SHARE;
+  const others = m.otherCpuShare === undefined
+    ? ""
+    : `; other processes used ${(m.otherCpuShare * 100).toFixed(0)} % of the CPU meanwhile`;
   const row = (r: SummaryRow) => {
     const unit = r.unit === "bytes" ? "" : ` (${r.unit})`;
     return `| ${r.label.replace("{k}", String(s.k))}${unit} | ${
@@ -226,6 +253,12 @@ export function renderMarkdown(res: BenchResults): string {
     "|---|---:|---:|---:|---|",
   ];
   const c = res.checks;
+  const extraEnv = (s.env ?? {}) as Record<string, string>;
+  const envLine = Object.keys(extraEnv).length
+    ? `- extra environment for both sides: ${
+      Object.entries(extraEnv).map(([k, v]) => `\`${k}=${v}\``).join(", ")
+    }`
+    : "";
   const pct = (x: number | undefined) => x === undefined ? "—" : `${(x * 100).toFixed(3)} %`;
   const checkLines: string[] = [];
   if (c.lmPerplexity) {
@@ -242,7 +275,8 @@ export function renderMarkdown(res: BenchResults): string {
       }, ` +
         `reference ${formatNumber(c.knnPerplexity.reference, 4)} ` +
         `(difference ${pct(c.knnPerplexity.relativeDifference)}; the two indexes are trained on ` +
-        `different seeded samples, so close rather than equal).`,
+        `different seeded samples, or the same keys in another order, so close rather than ` +
+        `equal).`,
     );
   }
   if (c.keys) {
@@ -261,7 +295,7 @@ export function renderMarkdown(res: BenchResults): string {
   return [
     "# knnlm benchmark: toolkit vs Python reference",
     "",
-    `${res.startedAt} · ${m.cpu}, ${m.cores} cores, ${ram} · ${m.os}${load}`,
+    `${res.startedAt} · ${m.cpu}, ${m.cores} cores, ${ram} · ${m.os}${load}${others}`,
     "",
     `- toolkit: ${versionLine(res.versions.toolkit)}`,
     `- reference: ${versionLine(res.versions.reference)}`,
@@ -270,9 +304,20 @@ export function renderMarkdown(res: BenchResults): string {
     `- seqLen ${s.seqLen}, stride ${s.stride}, batch ${s.batchSize}; index ${s.factory} ` +
     `(requested nlist ${s.nlist}, m ${s.m}, nbits ${s.nbits}), nprobe ${s.nprobe}, ` +
     `trainSize ${s.trainSize}, add chunk ${s.addChunk}, seed ${s.seed}; k ${s.k}, λ ${s.lambda}`,
-    `- ${s.threads} threads on each side; ${s.reps} repetitions, sides alternating; ` +
+    `- threads: ${s.threads} per side; ${s.reps} repetitions, sides alternating; ` +
     `medians below; took ${formatNumber(res.totalSeconds, 0)} s`,
+    ...(envLine ? [envLine] : []),
     "",
+    ...(busy
+      ? [
+        `**The machine was busy** (load average ≥ ${BUSY_LOAD} at the start, or other processes ` +
+        `took ≥ ${BUSY_SHARE * 100} % of the CPU while this ran): timings with ` +
+        "more than one thread suffer from spin-waiting thread pools (OpenMP in PyTorch and " +
+        "FAISS, ONNX Runtime's own pool) far more than from the work itself, and not equally " +
+        "for both sides. Compare on an idle machine, or with `--threads 1`.",
+        "",
+      ]
+      : []),
     ...head,
     ...res.summary.filter((r) => r.headline).map(row),
     "",

@@ -33,11 +33,12 @@ export function formatRatio(r: number | undefined): string {
 }
 
 /** What a metric measures, which decides the words for a ratio. */
-export type MetricKind = "throughput" | "time" | "memory";
+export type MetricKind = "throughput" | "time" | "memory" | "cpu";
 
 /**
  * Says how the toolkit compares, from the toolkit/reference ratio of a metric:
- * `1.50× faster`, `2.00× slower`, `1.25× less memory`, `about the same` (within 2 %).
+ * `1.50× faster`, `2.00× slower`, `1.25× less memory`, `1.10× more CPU`, `about the same`
+ * (within 2 %).
  */
 export function describeRatio(r: number | undefined, kind: MetricKind): string {
   if (r === undefined || !Number.isFinite(r) || r <= 0) return "—";
@@ -47,6 +48,7 @@ export function describeRatio(r: number | undefined, kind: MetricKind): string {
   const factor = r >= 1 ? r : 1 / r;
   const f = formatRatio(factor);
   if (kind === "memory") return `${f} ${better ? "less" : "more"} memory`;
+  if (kind === "cpu") return `${f} ${better ? "less" : "more"} CPU`;
   return `${f} ${better ? "faster" : "slower"}`;
 }
 

@@ -73,6 +73,8 @@ Options (defaults in brackets):
   --python PATH       Python with torch, faiss, numpy [${DEFAULTS.python}]
   --interval-ms N     /proc sampling interval [${DEFAULTS["interval-ms"]}]
   --nice N            run both sides under nice -n N [0: not]
+  --env KEY=VALUE     extra environment for both sides, repeatable (e.g.
+                      OMP_WAIT_POLICY=PASSIVE on a machine shared with other work)
   --keep              keep the datastores in --work-dir
   -h, --help          this help`;
 
@@ -100,9 +102,10 @@ function main(argv: string[]): Promise<number> | number {
   const options = Object.fromEntries([
     ...Object.keys(DEFAULTS).map((k) => [k, { type: "string" }]),
     ["keep", { type: "boolean" }],
+    ["env", { type: "string", multiple: true }],
     ["help", { type: "boolean", short: "h" }],
-  ]) as Record<string, { type: "string" | "boolean"; short?: string }>;
-  let values: Record<string, string | boolean | undefined>;
+  ]) as Record<string, { type: "string" | "boolean"; short?: string; multiple?: boolean }>;
+  let values: Record<string, string | boolean | string[] | undefined>;
   try {
     values = parseArgs({ args: argv, options, strict: true }).values as typeof values;
   } catch (e) {
@@ -136,6 +139,15 @@ function main(argv: string[]): Promise<number> | number {
     console.error(`error: --sides: expected toolkit, reference or both, found '${str("sides")}'`);
     return 2;
   }
+  const env: Record<string, string> = {};
+  for (const kv of (values.env as string[] | undefined) ?? []) {
+    const eq = kv.indexOf("=");
+    if (eq < 1) {
+      console.error(`error: --env: expected KEY=VALUE, found '${kv}'`);
+      return 2;
+    }
+    env[kv.slice(0, eq)] = kv.slice(eq + 1);
+  }
   const settings: BenchSettings = {
     corpus: str("corpus"),
     evalCorpus: str("eval-corpus"),
@@ -159,6 +171,7 @@ function main(argv: string[]): Promise<number> | number {
     modelDir: str("model-dir"),
     intervalMs: ints["interval-ms"],
     nice: ints.nice,
+    env,
   };
   return run(settings, values);
 }

@@ -1,8 +1,8 @@
 // Pure helpers of the benchmark harness. No timings are asserted anywhere.
 import assert from "node:assert/strict";
 import { describeRatio, formatMiB, formatRatio, median, ratio } from "../bench/stats.ts";
-import { foldPeaks, parseProcStatus } from "../bench/proc.ts";
-import { parseCpuModel, parseMemTotal } from "../bench/machine.ts";
+import { foldPeaks, parsePidCpuSeconds, parseProcStatus } from "../bench/proc.ts";
+import { parseCpuModel, parseMemTotal, parseSystemCpu } from "../bench/machine.ts";
 import { encodeTokensNpy } from "../bench/tokens.ts";
 import { numberAt, parseJsonOutput, referenceValues, toolkitValues } from "../bench/outputs.ts";
 import { type RepResult, summarize } from "../bench/report.ts";
@@ -41,6 +41,7 @@ Deno.test("a ratio's words depend on whether higher is better for the metric", (
   assert.equal(describeRatio(1.25, "time"), "1.25× slower");
   assert.equal(describeRatio(0.8, "memory"), "1.25× less memory");
   assert.equal(describeRatio(3, "memory"), "3.00× more memory");
+  assert.equal(describeRatio(1.1, "cpu"), "1.10× more CPU");
   assert.equal(describeRatio(1.01, "time"), "about the same");
   assert.equal(describeRatio(undefined, "time"), "—");
 });
@@ -91,6 +92,19 @@ Deno.test("peaks keep the largest reading of each counter and count the readings
     peakRssAnon: 400000 * 1024,
     samples: 2,
   });
+});
+
+Deno.test("a process's CPU seconds are utime + stime, even when its name holds ') '", () => {
+  // Fields 14 and 15 (utime 250, stime 50 ticks) come after a command name with ") " in it.
+  const stat = "4242 (we) ird name) S 1 4242 4242 0 -1 4194560 2000 0 0 0 250 50 0 0 20 0 3 0";
+  assert.equal(parsePidCpuSeconds(stat), 3);
+  assert.equal(parsePidCpuSeconds("garbage"), undefined);
+});
+
+Deno.test("machine CPU counters count everything but idle and iowait as busy", () => {
+  const stat = "cpu  100 5 20 800 50 1 2 3 0 0\ncpu0 50 2 10 400 25 0 1 1 0 0\n";
+  assert.deepEqual(parseSystemCpu(stat), { busy: 131, total: 981 });
+  assert.equal(parseSystemCpu("intr 1 2 3\n"), undefined);
 });
 
 Deno.test("cpu model and total memory are read from /proc text", () => {
