@@ -304,7 +304,8 @@ export function renderMarkdown(res: BenchResults): string {
     `- seqLen ${s.seqLen}, stride ${s.stride}, batch ${s.batchSize}; index ${s.factory} ` +
     `(requested nlist ${s.nlist}, m ${s.m}, nbits ${s.nbits}), nprobe ${s.nprobe}, ` +
     `trainSize ${s.trainSize}, add chunk ${s.addChunk}, seed ${s.seed}; k ${s.k}, λ ${s.lambda}`,
-    `- threads: ${s.threads} per side; ${s.reps} repetitions, sides alternating; ` +
+    `- threads: ${s.threads} per side; ${s.reps} repetition${s.reps === 1 ? "" : "s"}, ` +
+    `sides alternating; ` +
     `medians below; took ${formatNumber(res.totalSeconds, 0)} s`,
     ...(envLine ? [envLine] : []),
     "",
