@@ -316,56 +316,60 @@ export async function runBench(s: BenchSettings, env: BenchEnvironment): Promise
   const factories: Partial<Record<Side, string>> = {};
   const perplexities: Partial<Record<Side, { lm?: number; knn?: number }>> = {};
   let keysCheck: Json | undefined;
-  for (let rep = 0; rep < s.reps; rep++) {
-    // Alternate which side goes first, so drift in machine load hits both alike.
-    const order = rep % 2 === 0 ? [...s.sides] : [...s.sides].reverse();
-    for (const side of order) {
-      await removeDir(dirOf(side));
-      const b = await measure(rep, side, "build", commands[side].build);
-      const e = await measure(rep, side, "eval", commands[side].eval);
-      const values = side === "toolkit"
-        ? toolkitValues(b.output, e.output)
-        : referenceValues(b.output, e.output, s.lambda);
-      Object.assign(values, {
-        buildWallSeconds: b.run.wallSeconds,
-        buildPeakHwm: b.run.peakHwm,
-        buildPeakRssAnon: b.run.peakRssAnon,
-        buildCpuSeconds: b.run.cpuSeconds,
-        evalWallSeconds: e.run.wallSeconds,
-        evalPeakHwm: e.run.peakHwm,
-        evalPeakRssAnon: e.run.peakRssAnon,
-        evalCpuSeconds: e.run.cpuSeconds,
-      });
-      reps.push({ rep, side, values });
-      versions[side] ??= (b.output as Json).versions as Record<string, string>;
-      factories[side] ??= side === "toolkit"
-        ? ((b.output as Json).index as Json | undefined)?.factory as string
-        : ((b.output as Json).train as Json | undefined)?.factory as string;
-      perplexities[side] ??= { lm: values.lmPerplexity, knn: values.knnPerplexity };
-      env.log(
-        `rep ${rep + 1}/${s.reps} ${side.padEnd(9)} build ${b.run.wallSeconds.toFixed(1)} s ` +
-          `(gather ${values.gatherSeconds?.toFixed(1)} s, train ${
-            values.trainSeconds?.toFixed(1)
-          } s, ` +
-          `add ${values.addSeconds?.toFixed(1)} s), eval ${e.run.wallSeconds.toFixed(1)} s ` +
-          `(${values.evalTokensPerSecond?.toFixed(0)} tok/s)`,
-      );
+  try {
+    for (let rep = 0; rep < s.reps; rep++) {
+      // Alternate which side goes first, so drift in machine load hits both alike.
+      const order = rep % 2 === 0 ? [...s.sides] : [...s.sides].reverse();
+      for (const side of order) {
+        await removeDir(dirOf(side));
+        const b = await measure(rep, side, "build", commands[side].build);
+        const e = await measure(rep, side, "eval", commands[side].eval);
+        const values = side === "toolkit"
+          ? toolkitValues(b.output, e.output)
+          : referenceValues(b.output, e.output, s.lambda);
+        Object.assign(values, {
+          buildWallSeconds: b.run.wallSeconds,
+          buildPeakHwm: b.run.peakHwm,
+          buildPeakRssAnon: b.run.peakRssAnon,
+          buildCpuSeconds: b.run.cpuSeconds,
+          evalWallSeconds: e.run.wallSeconds,
+          evalPeakHwm: e.run.peakHwm,
+          evalPeakRssAnon: e.run.peakRssAnon,
+          evalCpuSeconds: e.run.cpuSeconds,
+        });
+        reps.push({ rep, side, values });
+        versions[side] ??= (b.output as Json).versions as Record<string, string>;
+        factories[side] ??= side === "toolkit"
+          ? ((b.output as Json).index as Json | undefined)?.factory as string
+          : ((b.output as Json).train as Json | undefined)?.factory as string;
+        perplexities[side] ??= { lm: values.lmPerplexity, knn: values.knnPerplexity };
+        env.log(
+          `rep ${rep + 1}/${s.reps} ${side.padEnd(9)} build ${b.run.wallSeconds.toFixed(1)} s ` +
+            `(gather ${values.gatherSeconds?.toFixed(1)} s, train ${
+              values.trainSeconds?.toFixed(1)
+            } s, ` +
+            `add ${values.addSeconds?.toFixed(1)} s), eval ${e.run.wallSeconds.toFixed(1)} s ` +
+            `(${values.evalTokensPerSecond?.toFixed(0)} tok/s)`,
+        );
+      }
+      if (rep === 0 && s.sides.length === 2) {
+        // Same tokens, same weights, same windows: the keys should agree to float noise.
+        const c = await measure(rep, "reference", "compare", [
+          env.python,
+          reference,
+          "compare",
+          "--out",
+          dirOf("toolkit"),
+          "--other",
+          dirOf("reference"),
+        ]);
+        keysCheck = (c.output as Json).compare as Json;
+      }
     }
-    if (rep === 0 && s.sides.length === 2) {
-      // Same tokens, same weights, same windows: the keys should agree to float noise.
-      const c = await measure(rep, "reference", "compare", [
-        env.python,
-        reference,
-        "compare",
-        "--out",
-        dirOf("toolkit"),
-        "--other",
-        dirOf("reference"),
-      ]);
-      keysCheck = (c.output as Json).compare as Json;
-    }
+  } finally {
+    // Datastores are scratch: gone afterwards (also after a failure) unless --keep.
+    if (!env.keep) { for (const side of s.sides) await removeDir(dirOf(side)); }
   }
-  if (!env.keep) { for (const side of s.sides) await removeDir(dirOf(side)); }
 
   // CPU the rest of the machine used meanwhile: all busy time minus ours and our children's.
   let otherCpuShare: number | undefined;
