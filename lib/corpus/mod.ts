@@ -89,11 +89,11 @@ export async function loadCorpus(spec: string, opts: LoadCorpusOptions = {}): Pr
     return fromText(name, texts.join("\n\n"), `${files.length} text files in ${spec}`, opts, spec);
   }
 
+  if (spec.endsWith(".npy")) {
+    return fromIds(name, readNpyIds(spec), `token ids from ${spec}`, opts, spec);
+  }
   const bytes = await readBytes(spec);
   if (bytes.length === 0) throw new Error(`${spec}: empty corpus (0 bytes)`);
-  if (spec.endsWith(".npy")) {
-    return fromIds(name, readNpyIds(bytes, spec), `token ids from ${spec}`, opts, spec);
-  }
   if (spec.endsWith(".bin")) {
     if (bytes.length % 2 !== 0) {
       throw new Error(`${spec}: ${bytes.length} bytes is not a whole number of uint16 ids`);
