@@ -4,6 +4,7 @@
  *
  * @module
  */
+import { f16ArrayToF32 } from "../half.ts";
 import { closest } from "../_suggest.ts";
 import { readModelFile } from "./_files.ts";
 import { ort } from "./_ort.ts";
@@ -54,27 +55,6 @@ interface FeedSpec {
 
 const TOKEN_TYPES = new Set(["int64", "int32"]);
 const MASK_TYPES = new Set(["int64", "int32", "float32", "bool", "uint8", "int8"]);
-
-/** IEEE half → float via a 64 KiB lookup table built on first use. */
-let halfTable: Float32Array | undefined;
-function halfToFloat32(src: Uint16Array): Float32Array {
-  if (!halfTable) {
-    halfTable = new Float32Array(65536);
-    for (let h = 0; h < 65536; h++) {
-      const sign = h & 0x8000 ? -1 : 1;
-      const exp = (h >> 10) & 0x1f;
-      const frac = h & 0x3ff;
-      halfTable[h] = exp === 0
-        ? sign * frac * 2 ** -24
-        : exp === 31
-        ? (frac ? NaN : sign * Infinity)
-        : sign * (1 + frac / 1024) * 2 ** (exp - 15);
-    }
-  }
-  const out = new Float32Array(src.length);
-  for (let i = 0; i < src.length; i++) out[i] = halfTable[src[i]];
-  return out;
-}
 
 function lastDim(type: TensorType | null | undefined): number | undefined {
   const d = type?.shape?.at(-1);
@@ -315,7 +295,7 @@ export class OnnxLm {
       case "float32":
         return t.data as Float32Array;
       case "float16":
-        return halfToFloat32(t.data as Uint16Array);
+        return f16ArrayToF32(t.data as Uint16Array);
       case "float64":
         return Float32Array.from(t.data as Float64Array);
       default:
