@@ -25,6 +25,7 @@ import {
   openDatastoreModel,
   type PipelineEvent,
   readManifest,
+  setNumThreads,
   type Stage,
 } from "./mod.ts";
 import { byteTokenLabel, decodeBytes, encodeBytes } from "./lib/tokenizer.ts";
@@ -365,6 +366,8 @@ Options:
   };
   const { config } = loadConfig({ file: values.config, flags });
   const json = !!values.json;
+  // FAISS's OpenMP pool follows --threads too, not only ONNX Runtime.
+  setNumThreads(config.threads > 0 ? config.threads : navigator.hardwareConcurrency || 1);
   using ds = await Datastore.open(values.datastore, {
     nprobe: values.nprobe ? config.index.nprobe : undefined,
   });

@@ -192,7 +192,7 @@ const SCHEMA: Schema = {
     kind: "integer",
     min: 1,
     nullable: true,
-    default: 1_000_000,
+    default: 2_000_000,
     doc: "cap on datastore tokens (null: whole corpus)",
   },
   seqLen: { kind: "integer", min: 2, max: 65536, default: 256, doc: "tokens per model window" },
