@@ -403,11 +403,12 @@ Options:
   if (values.plot) {
     const svg = lambdaPlotSvg({
       title: `kNN-LM perplexity on ${config.eval.corpus} (${result.tokens} tokens, k=${result.k})`,
-      lambdas: result.lambdas,
+      lambdas: [0, ...result.lambdas],
       baseline: result.lmPerplexity,
       series: Object.entries(result.modes).map(([mode, r]) => ({
         name: mode === "exact" ? "exact L2" : "FAISS (PQ) distances",
-        y: r!.perplexities,
+        y: [result.lmPerplexity, ...r!.perplexities],
+        best: { x: r!.best.lambda, y: r!.best.perplexity },
       })),
     });
     await Deno.writeTextFile(values.plot, svg);

@@ -11,6 +11,8 @@ export interface PlotSeries {
   name: string;
   /** y values, one per x. */
   y: number[];
+  /** The best point, when it was found off the plotted x values (e.g. on a finer grid). */
+  best?: { x: number; y: number };
 }
 
 /** Options of {@link lambdaPlotSvg}. */
@@ -53,9 +55,9 @@ export function niceTicks(lo: number, hi: number, count = 5): number[] {
 
 /** Renders perplexity-versus-λ as a standalone SVG document. */
 export function lambdaPlotSvg(opts: LambdaPlotOptions): string {
-  const W = opts.width ?? 720;
-  const H = opts.height ?? 440;
-  const pad = { l: 70, r: 190, t: 48, b: 56 };
+  const W = opts.width ?? 960;
+  const H = opts.height ?? 480;
+  const pad = { l: 70, r: 320, t: 48, b: 56 };
   const xs = opts.lambdas;
   const ys = [opts.baseline, ...opts.series.flatMap((s) => s.y)].filter(Number.isFinite);
   const xMin = Math.min(0, ...xs);
@@ -117,19 +119,20 @@ export function lambdaPlotSvg(opts: LambdaPlotOptions): string {
         `<circle cx="${px(x).toFixed(1)}" cy="${py(s.y[j]).toFixed(1)}" r="3" fill="${color}"/>`,
       )
     );
-    let best = 0;
-    s.y.forEach((v, j) => (v < s.y[best] ? (best = j) : 0));
-    parts.push(
-      `<circle cx="${px(xs[best]).toFixed(1)}" cy="${
-        py(s.y[best]).toFixed(1)
-      }" r="7" fill="none" ` +
-        `stroke="${color}" stroke-width="2"/>`,
-    );
+    let bi = 0;
+    s.y.forEach((v, j) => (v < s.y[bi] ? (bi = j) : 0));
+    const best = s.best ?? { x: xs[bi], y: s.y[bi] };
+    if (best.x >= xMin && best.x <= xMax) {
+      parts.push(
+        `<circle cx="${px(best.x).toFixed(1)}" cy="${py(best.y).toFixed(1)}" r="7" fill="none" ` +
+          `stroke="${color}" stroke-width="2"/>`,
+      );
+    }
     legend.push(
       `<line x1="0" x2="24" y1="0" y2="0" stroke="${color}" stroke-width="2"/>` +
         `<text x="30" y="0" dominant-baseline="middle">${esc(s.name)}: best ${
-          s.y[best].toFixed(3)
-        } at λ=${xs[best]}</text>`,
+          best.y.toFixed(3)
+        } at λ=${best.x}</text>`,
     );
   });
   legend.forEach((l, i) =>
