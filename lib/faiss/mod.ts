@@ -29,3 +29,4 @@ export {
   type ShimBuild,
   shimCacheRoot,
 } from "./build.ts";
+export { runFaissSmoke, type SmokeOptions, type SmokeResult } from "./smoke.ts";
