@@ -76,11 +76,15 @@ export interface IndexParams {
 
 /** `datastore.json`: how a datastore was made. */
 export interface DatastoreManifest {
+  /** Layout version ({@link DATASTORE_FORMAT}). */
   format: typeof DATASTORE_FORMAT;
+  /** The toolkit that wrote it. */
   toolkit: { name: string; version: string };
+  /** When this file was last written (ISO 8601). */
   updatedAt: string;
   /** The resolved configuration the datastore was built with. */
   config: unknown;
+  /** The model: where it was, its sha256 (checked before querying), key and logits names. */
   model: {
     path: string;
     sha256: string;
@@ -89,6 +93,7 @@ export interface DatastoreManifest {
     dModel: number;
     vocabSize: number;
   };
+  /** The corpus: the spec given, its identity (sha256 of the tokens) and how much was used. */
   corpus: {
     spec: string;
     name: string;
@@ -100,13 +105,17 @@ export interface DatastoreManifest {
     /** Token 0; with `vals.npy` it rebuilds the whole token stream (token i+1 = vals[i]). */
     firstToken: number;
   };
+  /** `keys.npy`: [n, d] float32 (`<f4`) or float16 (`<f2`); row i = context ending at token i. */
   keys: { file: string; dtype: "<f4" | "<f2"; shape: [number, number] };
+  /** `vals.npy`: [n] int32; row i = token i + 1. */
   vals: { file: string; dtype: "<i4"; shape: [number] };
+  /** How keys were gathered (the fingerprint that decides reuse) and how long it took. */
   gather: GatherFingerprint & { windows: number; seconds: number; tokensPerSecond: number };
   /** The trained, still empty index (`faiss.trained.index`), once training finished. */
   trained?: IndexParams & { warnings: string[]; seconds: number };
   /** The finished index (`faiss.index`), once every key was added. */
   index?: IndexParams & { file: string; ntotal: number; warnings: string[]; seconds: number };
+  /** Versions of the toolkit, Deno, ONNX Runtime and FAISS that made it. */
   versions: Record<string, string>;
 }
 

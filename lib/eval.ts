@@ -63,7 +63,10 @@ export class Datastore implements Disposable {
    * Opens `dir`, checking that every file is there and agrees with `datastore.json`.
    * `nprobe` overrides the one recorded at build time.
    */
-  static async open(dir: string, opts: { nprobe?: number; mmapIndex?: boolean } = {}) {
+  static async open(
+    dir: string,
+    opts: { nprobe?: number; mmapIndex?: boolean } = {},
+  ): Promise<Datastore> {
     const paths = datastorePaths(dir);
     const manifest = await readManifest(dir);
     if (!manifest) {

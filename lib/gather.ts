@@ -91,6 +91,7 @@ interface ProgressFile {
 export class GatherInterrupted extends Error {
   /** Rows safely on disk. */
   readonly rowsDone: number;
+  /** `rowsDone` of `total` rows were gathered and flushed before the stop. */
   constructor(rowsDone: number, total: number) {
     super(`gather interrupted after ${rowsDone} of ${total} rows; run it again to resume`);
     this.name = "GatherInterrupted";

@@ -196,13 +196,19 @@ Deno.test("bad corpora fail with an error that names the path and the problem", 
 
     const f4 = join(dir, "floats.npy");
     await Deno.writeFile(f4, npy("<f4", [1], new Uint8Array(4)));
-    await assert.rejects(loadCorpus(f4), /floats\.npy: expected dtype int32, uint16, uint8 or int64, found '<f4'/);
+    await assert.rejects(
+      loadCorpus(f4),
+      /floats\.npy: expected dtype int32, uint16, uint8 or int64, found '<f4'/,
+    );
     const junk = join(dir, "junk.npy");
     await Deno.writeFile(junk, new TextEncoder().encode("not numpy at all"));
     await assert.rejects(loadCorpus(junk), /junk\.npy: not an NPY file/);
     const short = join(dir, "short.npy");
     await Deno.writeFile(short, npy("<i4", [10], new Uint8Array(8)));
-    await assert.rejects(loadCorpus(short), /short\.npy: truncated file: header says shape \(10,\)/);
+    await assert.rejects(
+      loadCorpus(short),
+      /short\.npy: truncated file: header says shape \(10,\)/,
+    );
 
     const odd = join(dir, "odd.bin");
     await Deno.writeFile(odd, Uint8Array.of(1, 2, 3));

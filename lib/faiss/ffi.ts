@@ -196,6 +196,11 @@ export function openFaissLibrary(): { lib: FaissLibrary; path: string } {
     }
   } else {
     tried.push(`no compile: missing ${toolchain.missing.join(", ")}`);
+    lastError ??= new Error(
+      `FAISS toolchain incomplete: missing ${toolchain.missing.join(", ")}; searched ${
+        toolchain.searched.join(", ")
+      }`,
+    );
   }
   throw new Error(
     `cannot load the FAISS shim (libknnlm_faiss.so). Tried:\n` +

@@ -1,0 +1,158 @@
+/**
+ * `deno task setup`: find FAISS (installing it with apt-get on Debian/Ubuntu when missing and
+ * permitted), then compile the FFI shim into the build cache and check that it loads.
+ *
+ * Usage: deno run -A tasks/setup.ts [--force] [--no-install]
+ *
+ * @module
+ */
+
+import { parseArgs } from "node:util";
+import {
+  APT_PACKAGES,
+  buildShim,
+  faissLibraryPath,
+  type FaissToolchain,
+  faissVersion,
+  findToolchain,
+  LIB_ENV,
+} from "../lib/faiss/mod.ts";
+
+const INSTALL_CMD = `sudo apt-get update && sudo apt-get install -y ${APT_PACKAGES.join(" ")}`;
+
+function say(msg: string): void {
+  console.error(`setup: ${msg}`);
+}
+
+function fail(msg: string, hint: string): never {
+  say(msg);
+  console.error(`  fix: ${hint}`);
+  Deno.exit(1);
+}
+
+function isDebianLike(): boolean {
+  try {
+    const text = Deno.readTextFileSync("/etc/os-release");
+    const ids = [...text.matchAll(/^(?:ID|ID_LIKE)=(.*)$/gm)].map((m) => m[1].replace(/"/g, ""));
+    return ids.some((v) => /\b(debian|ubuntu)\b/.test(v));
+  } catch {
+    return false;
+  }
+}
+
+function succeeds(cmd: string, args: string[]): boolean {
+  try {
+    return new Deno.Command(cmd, { args, stdout: "null", stderr: "null", stdin: "null" })
+      .outputSync().success;
+  } catch {
+    return false;
+  }
+}
+
+// Root runs apt-get directly; others only with passwordless sudo (never prompts).
+function aptPrefix(): string[] | null {
+  if (Deno.uid() === 0) return [];
+  if (succeeds("sudo", ["-n", "true"])) return ["sudo", "-n"];
+  return null;
+}
+
+function aptInstall(prefix: string[]): void {
+  const steps = [
+    ["apt-get", "update", "-qq"],
+    ["apt-get", "install", "-y", "-qq", "--no-install-recommends", ...APT_PACKAGES],
+  ];
+  for (const step of steps) {
+    const cmd = [...prefix, ...step];
+    say(`running: ${cmd.join(" ")}`);
+    const status = new Deno.Command(cmd[0], {
+      args: cmd.slice(1),
+      env: { DEBIAN_FRONTEND: "noninteractive" },
+      stdin: "null",
+    }).outputSync();
+    if (!status.success) {
+      console.error(new TextDecoder().decode(status.stderr).trimEnd());
+      fail(`'${cmd.join(" ")}' failed (exit ${status.code})`, INSTALL_CMD);
+    }
+  }
+}
+
+// Installs the apt packages when that is possible here; otherwise exits with the command.
+function installOrExit(reason: string): void {
+  if (!isDebianLike()) {
+    fail(
+      `${reason}; automatic install needs Debian or Ubuntu`,
+      `install FAISS 1.7 (headers and libfaiss), OpenBLAS and a C++ compiler, then re-run ` +
+        `\`deno task setup\`; or set ${LIB_ENV} to a compiled shim`,
+    );
+  }
+  const prefix = aptPrefix();
+  if (prefix === null) {
+    fail(`${reason}; not root and sudo needs a password`, INSTALL_CMD);
+  }
+  say(`${reason}; installing ${APT_PACKAGES.join(" ")} with apt-get`);
+  aptInstall(prefix);
+}
+
+function describe(tc: FaissToolchain): string {
+  const pkg = tc.packageVersion ? ` (libfaiss-dev ${tc.packageVersion})` : "";
+  return `FAISS ${tc.faissVersion ?? "?"}${pkg} at ${tc.library}, compiler ${tc.compilerVersion}`;
+}
+
+function main(): void {
+  const { values } = parseArgs({
+    args: Deno.args,
+    options: {
+      force: { type: "boolean" },
+      "no-install": { type: "boolean" },
+      help: { type: "boolean", short: "h" },
+    },
+  });
+  if (values.help) {
+    console.log(
+      "Usage: deno task setup [--force] [--no-install]\n" +
+        "  --force       recompile the shim even when the cache has it\n" +
+        "  --no-install  never run apt-get; print the command instead",
+    );
+    return;
+  }
+
+  const explicit = Deno.env.get(LIB_ENV);
+  if (explicit) {
+    say(`${LIB_ENV}=${explicit} is set; checking it instead of building`);
+    say(`FAISS ${faissVersion()} shim loads from ${faissLibraryPath()}`);
+    return;
+  }
+
+  let tc = findToolchain();
+  if (tc.missing.length > 0) {
+    const reason = `missing ${tc.missing.join(", ")}`;
+    if (values["no-install"]) fail(reason, INSTALL_CMD);
+    installOrExit(reason);
+    tc = findToolchain();
+    if (tc.missing.length > 0) {
+      fail(`still missing after install: ${tc.missing.join(", ")}`, INSTALL_CMD);
+    }
+  }
+  say(describe(tc));
+
+  let build;
+  try {
+    build = buildShim({ toolchain: tc, force: values.force });
+  } catch (e) {
+    // A link failure usually means BLAS/LAPACK is missing (libopenblas-dev).
+    const msg = e instanceof Error ? e.message : String(e);
+    if (values["no-install"] || !isDebianLike() || aptPrefix() === null) {
+      fail(msg, INSTALL_CMD);
+    }
+    installOrExit(`shim build failed (${msg.split("\n")[0]})`);
+    build = buildShim({ toolchain: findToolchain(), force: true });
+  }
+  say(
+    build.cached
+      ? `shim up to date (cached): ${build.path}`
+      : `shim compiled in ${build.seconds.toFixed(1)} s: ${build.path}`,
+  );
+  say(`FAISS ${faissVersion()} shim loads from ${faissLibraryPath()}`);
+}
+
+if (import.meta.main) main();
