@@ -6,9 +6,8 @@
  * @module
  */
 
-import { FaissIndex } from "./faiss/mod.ts";
+import { exactL2Async, FaissIndex } from "./faiss/mod.ts";
 import { MappedArray } from "./mmap.ts";
-import { f16ArrayToF32 } from "./half.ts";
 import { type DatastoreManifest, datastorePaths, readManifest } from "./datastore.ts";
 import { interpolatedPerplexity, knnLogProb, perplexity } from "./knn_math.ts";
 import { planWindows } from "./windows.ts";
@@ -134,34 +133,22 @@ export class Datastore implements Disposable {
   }
 
   /**
-   * Exact squared L2 distances from each query to its neighbours' stored keys.
-   * queries: [nq, d]; labels: [nq, k] → [nq, k] (Infinity where the label is -1).
+   * Exact squared L2 distances from each query to its neighbours' stored keys, recomputed
+   * natively from the memory-mapped `keys.npy`. queries: [nq, d]; labels: [nq, k] → [nq, k]
+   * (Infinity where the label is -1).
    */
-  exactDistances(queries: Float32Array, labels: BigInt64Array, k: number): Float32Array {
-    const d = this.keys.rowLength;
-    const nq = queries.length / d;
-    const out = new Float32Array(nq * k);
-    const half = this.keys.dtype === "<f2";
-    const row = new Float32Array(d);
-    for (let q = 0; q < nq; q++) {
-      const qo = q * d;
-      for (let j = 0; j < k; j++) {
-        const label = Number(labels[q * k + j]);
-        if (label < 0) {
-          out[q * k + j] = Infinity;
-          continue;
-        }
-        const key = this.keys.view(label, label + 1);
-        const r = half ? f16ArrayToF32(key as Uint16Array, row) : (key as Float32Array);
-        let s = 0;
-        for (let t = 0; t < d; t++) {
-          const diff = queries[qo + t] - r[t];
-          s += diff * diff;
-        }
-        out[q * k + j] = s;
-      }
-    }
-    return out;
+  exactDistances(queries: Float32Array, labels: BigInt64Array, k: number): Promise<Float32Array> {
+    return exactL2Async(
+      queries,
+      {
+        pointer: this.keys.pointer(0),
+        rows: this.keys.rows,
+        d: this.keys.rowLength,
+        dtype: this.keys.dtype === "<f2" ? "float16" : "float32",
+      },
+      labels,
+      k,
+    );
   }
 
   /** Releases the index and the mappings. */
@@ -314,7 +301,7 @@ export async function evaluate(opts: EvalOptions): Promise<EvalResult> {
         }
       }
       const { distances, labels } = await ds.index.searchAsync(queries, k);
-      const exact = knn.exact ? ds.exactDistances(queries, labels, k) : undefined;
+      const exact = knn.exact ? await ds.exactDistances(queries, labels, k) : undefined;
       for (let i = 0; i < nq; i++) {
         const y = tokens[positions[i] + 1];
         for (let j = 0; j < k; j++) {

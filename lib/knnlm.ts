@@ -180,7 +180,7 @@ export class KnnLm implements Disposable {
     for (let v = 0; v < V; v++) lm[v] /= z;
     const { distances, labels } = await this.datastore.index.searchAsync(query, this.k);
     const dist = this.distance === "exact"
-      ? this.datastore.exactDistances(query, labels, this.k)
+      ? await this.datastore.exactDistances(query, labels, this.k)
       : (this.datastore.manifest.index?.metric === "ip" ? distances.map((x) => -x) : distances);
     const vals = new Int32Array(this.k);
     const neighbours: Neighbour[] = [];

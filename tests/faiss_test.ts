@@ -369,3 +369,55 @@ Deno.test("setNumThreads changes the OpenMP thread count that getNumThreads repo
   }
   assert.throws(() => setNumThreads(0), /n must be an integer/);
 });
+
+Deno.test("exactL2Async recomputes squared L2 to labelled rows, float32 and float16 alike", async () => {
+  const { exactL2Async, f32ArrayToF16, f16ArrayToF32 } = await import("../mod.ts");
+  const d = 5, rows = 40, k = 3;
+  const base = Float32Array.from({ length: rows * d }, (_, i) => Math.sin(i) * 3);
+  const queries = Float32Array.from({ length: 2 * d }, (_, i) => Math.cos(i));
+  const labels = BigInt64Array.of(0n, 39n, -1n, 7n, 7n, 20n);
+  const want = (b: Float32Array) =>
+    Array.from(labels, (l, i) => {
+      if (l < 0n) return Infinity;
+      const q = Math.floor(i / k);
+      let s = 0;
+      for (let t = 0; t < d; t++) s += (queries[q * d + t] - b[Number(l) * d + t]) ** 2;
+      return s;
+    });
+  const f32 = await exactL2Async(
+    queries,
+    { pointer: Deno.UnsafePointer.of(base)!, rows, d, dtype: "float32" },
+    labels,
+    k,
+  );
+  const close = (x: number, y: number) => x === y || Math.abs(x - y) < 1e-4;
+  Array.from(f32).forEach((x, i) => assert.ok(close(x, want(base)[i]), `f32 ${i}`));
+  assert.equal(f32[2], Infinity);
+  const half = f32ArrayToF16(base);
+  const f16 = await exactL2Async(
+    queries,
+    { pointer: Deno.UnsafePointer.of(half)!, rows, d, dtype: "float16" },
+    labels,
+    k,
+  );
+  const widened = f16ArrayToF32(half);
+  Array.from(f16).forEach((x, i) => assert.ok(close(x, want(widened)[i]), `f16 ${i}`));
+  await assert.rejects(
+    exactL2Async(
+      queries,
+      { pointer: Deno.UnsafePointer.of(base)!, rows: 39, d, dtype: "float32" },
+      labels,
+      k,
+    ),
+    /exactL2: label 39 >= 39 base rows/,
+  );
+  await assert.rejects(
+    exactL2Async(
+      queries,
+      { pointer: Deno.UnsafePointer.of(base)!, rows, d, dtype: "float32" },
+      labels,
+      4,
+    ),
+    /expected 2×4 = 8 labels, got 6/,
+  );
+});

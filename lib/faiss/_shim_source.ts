@@ -17,7 +17,7 @@
  */
 
 /** Bumped whenever a signature in the ABI changes; `ffi.ts` refuses a library with another one. */
-export const SHIM_ABI_VERSION = 1;
+export const SHIM_ABI_VERSION = 2;
 
 /** The C++ source text, compiled by `build.ts` with `g++ -std=c++17 -fopenmp`. */
 export const SHIM_SOURCE: string = String
@@ -33,6 +33,7 @@ export const SHIM_SOURCE: string = String
 #include <faiss/impl/FaissException.h>
 #include <faiss/index_factory.h>
 #include <faiss/index_io.h>
+#include <faiss/utils/distances.h>
 
 #include <cxxabi.h>
 #include <omp.h>
@@ -44,6 +45,7 @@ export const SHIM_SOURCE: string = String
 #include <cstdlib>
 #include <cstring>
 #include <exception>
+#include <limits>
 #include <new>
 #include <stdexcept>
 #include <string>
@@ -347,6 +349,55 @@ KNNLM_API int knnlm_index_search(const void* index, int64_t n, const void* x, in
     for_each_slice(x, dtype, n, ix->d, [&](int64_t m, const float* rows, int64_t i0) {
       ix->search(m, rows, k, distances + i0 * k, labels + i0 * k);
     });
+  });
+}
+
+// Exact squared L2 from each query to the base rows its labels name (kNN-LM's "exact"
+// distances, recomputed from the stored keys). queries: [nq, d] float32; base: [nbase, d] in
+// dtype (e.g. a memory-mapped keys.npy); labels: [nq, k] int64 (-1 = none); out: [nq, k]
+// float32, +inf where the label is -1.
+KNNLM_API int knnlm_l2_rows(const float* queries, int64_t nq, int32_t d, const void* base,
+                            int32_t dtype, int64_t nbase, const int64_t* labels, int64_t k,
+                            float* out, char* err, size_t errlen) {
+  return guarded(err, errlen, [&] {
+    if (queries == nullptr || base == nullptr || labels == nullptr || out == nullptr) {
+      throw std::invalid_argument("null pointer argument");
+    }
+    if (d <= 0 || k <= 0 || nq < 0) throw std::invalid_argument("d and k must be > 0");
+    if (dtype != DTYPE_F32 && dtype != DTYPE_F16) {
+      throw std::invalid_argument("dtype code must be 0 (float32) or 1 (float16), got " +
+                                  std::to_string(dtype));
+    }
+    for (int64_t i = 0; i < nq * k; i++) {
+      if (labels[i] >= nbase) {
+        throw std::out_of_range("label " + std::to_string(labels[i]) + " >= " +
+                                std::to_string(nbase) + " base rows");
+      }
+    }
+    apply_num_threads();
+#pragma omp parallel
+    {
+      std::vector<float> row(static_cast<size_t>(d));
+#pragma omp for schedule(static)
+      for (int64_t q = 0; q < nq; q++) {
+        const float* x = queries + q * d;
+        for (int64_t j = 0; j < k; j++) {
+          int64_t label = labels[q * k + j];
+          float r = std::numeric_limits<float>::infinity();
+          if (label >= 0) {
+            const float* y;
+            if (dtype == DTYPE_F32) {
+              y = static_cast<const float*>(base) + label * d;
+            } else {
+              half_to_float(static_cast<const uint16_t*>(base) + label * d, d, row.data());
+              y = row.data();
+            }
+            r = faiss::fvec_L2sqr(x, y, d);
+          }
+          out[q * k + j] = r;
+        }
+      }
+    }
   });
 }
 

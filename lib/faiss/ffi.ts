@@ -119,6 +119,25 @@ const symbols = {
     result: "i32",
     nonblocking: true,
   },
+  // int knnlm_l2_rows(const float* queries, int64_t nq, int32_t d, const void* base, int32_t dtype, int64_t nbase, const int64_t* labels, int64_t k, float* out, char* err, size_t errlen)
+  knnlm_l2_rows_async: {
+    name: "knnlm_l2_rows",
+    parameters: [
+      "buffer",
+      "i64",
+      "i32",
+      "pointer",
+      "i32",
+      "i64",
+      "buffer",
+      "i64",
+      "buffer",
+      "buffer",
+      "usize",
+    ],
+    result: "i32",
+    nonblocking: true,
+  },
   // int knnlm_index_get_nprobe(const void* index, int64_t* out, char* err, size_t errlen)
   knnlm_index_get_nprobe: { parameters: ["pointer", "buffer", "buffer", "usize"], result: "i32" },
   // int knnlm_index_set_nprobe(void* index, int64_t nprobe, char* err, size_t errlen)

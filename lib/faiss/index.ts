@@ -141,6 +141,66 @@ export function getNumThreads(): number {
   return openFaissLibrary().lib.symbols.knnlm_get_num_threads();
 }
 
+/** Rows that {@link exactL2Async} measures against: raw memory, e.g. a mapped `keys.npy`. */
+export interface BaseRows {
+  /** Address of row 0. */
+  pointer: Deno.PointerObject;
+  /** Number of rows (labels must be below it). */
+  rows: number;
+  /** Row width. */
+  d: number;
+  /** Element type of the rows. */
+  dtype: VectorDType;
+}
+
+/**
+ * Exact squared L2 distances from each query to the base rows its labels name, computed in
+ * native code on FAISS's SIMD kernels across the OpenMP pool: `out[q, j] = ‖queries[q] −
+ * base[labels[q, j]]‖²`, or `+Infinity` where a label is -1. queries: [nq, d]; labels and the
+ * result: [nq, k]. The caller keeps `base` mapped until the promise settles.
+ */
+export async function exactL2Async(
+  queries: Float32Array,
+  base: BaseRows,
+  labels: BigInt64Array,
+  k: number,
+): Promise<Float32Array> {
+  positiveInt(base.d, "exactL2: d", MAX_I32);
+  positiveInt(k, "exactL2: k");
+  if (queries.length % base.d !== 0) {
+    throw new Error(`exactL2: queries length ${queries.length} is not a multiple of d = ${base.d}`);
+  }
+  const nq = queries.length / base.d;
+  if (labels.length !== nq * k) {
+    throw new Error(`exactL2: expected ${nq}×${k} = ${nq * k} labels, got ${labels.length}`);
+  }
+  const dtype = DTYPE_CODE[base.dtype];
+  if (dtype === undefined) throw new Error(`exactL2: dtype must be float32 or float16`);
+  const out = new Float32Array(nq * k);
+  if (nq === 0) return out;
+  const err = errBuf();
+  const { lib } = openFaissLibrary();
+  const status = await pinned(
+    [queries, labels, out, err, base],
+    () =>
+      lib.symbols.knnlm_l2_rows_async(
+        queries,
+        BigInt(nq),
+        base.d,
+        base.pointer,
+        dtype,
+        BigInt(base.rows),
+        labels,
+        BigInt(k),
+        out,
+        err,
+        ERR_CAP,
+      ),
+  );
+  check(status, err, "exactL2");
+  return out;
+}
+
 /**
  * A FAISS index. Create it with `factory`, `ivfpq` or `read`; release it with `close()` or
  * `using`. After `close()` every method throws. An async call keeps the index busy until its

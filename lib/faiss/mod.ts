@@ -5,6 +5,8 @@
  */
 
 export {
+  type BaseRows,
+  exactL2Async,
   FaissIndex,
   faissLibraryPath,
   faissVersion,
