@@ -406,7 +406,7 @@ Options:
       lambdas: [0, ...result.lambdas],
       baseline: result.lmPerplexity,
       series: Object.entries(result.modes).map(([mode, r]) => ({
-        name: mode === "exact" ? "exact L2" : "FAISS (PQ) distances",
+        name: mode === "exact" ? "exact L2" : "FAISS (PQ)",
         y: [result.lmPerplexity, ...r!.perplexities],
         best: { x: r!.best.lambda, y: r!.best.perplexity },
       })),
@@ -470,7 +470,7 @@ and interpolated.
 Options:
   -d, --datastore DIR   datastore directory (required)
   -t, --text TEXT       the context (required)
-      --k N             neighbours to show (default 8; the vote uses them all)
+      --k N             neighbours retrieved, shown and voting (default 8)
       --lambda L        interpolation weight (default 0.25)
       --nprobe N        lists probed (default: the datastore's)
       --distance MODE   exact (default) or faiss
@@ -509,7 +509,9 @@ Options:
     context: decodeBytes(knn.corpusTokens(n.row - width + 1, n.row + 1)),
   }));
   const top = (p: Float64Array) =>
-    Array.from(p.keys()).sort((a, b) => p[b] - p[a]).slice(0, 5).map((t) => ({
+    Array.from(p.keys()).filter((t) => p[t] > 0).sort((a, b) => p[b] - p[a]).slice(0, 5).map((
+      t,
+    ) => ({
       token: byteTokenLabel(t),
       p: p[t],
     }));

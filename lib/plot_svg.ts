@@ -57,7 +57,7 @@ export function niceTicks(lo: number, hi: number, count = 5): number[] {
 export function lambdaPlotSvg(opts: LambdaPlotOptions): string {
   const W = opts.width ?? 960;
   const H = opts.height ?? 480;
-  const pad = { l: 70, r: 320, t: 48, b: 56 };
+  const pad = { l: 70, r: 300, t: 48, b: 56 };
   const xs = opts.lambdas;
   const ys = [opts.baseline, ...opts.series.flatMap((s) => s.y)].filter(Number.isFinite);
   const xMin = Math.min(0, ...xs);
