@@ -16,6 +16,7 @@ import {
   describeConfigKeys,
   evaluate,
   formatModelInspection,
+  GatherInterrupted,
   inspectModel,
   KnnLm,
   type KnnlmConfig,
@@ -565,10 +566,13 @@ export async function main(argv: string[]): Promise<number> {
       console.error(`error: ${err.message.replaceAll("\n", "\n       ")}`);
     } else console.error(`error: ${err.message}`);
     if (err instanceof UsageError && err.hint) console.error(`hint: ${err.hint}`);
-    else if (!verbose && !(err instanceof ConfigError) && !(err instanceof UsageError)) {
+    else if (
+      !verbose && !(err instanceof ConfigError) && !(err instanceof UsageError) &&
+      !(err instanceof GatherInterrupted)
+    ) {
       console.error("hint: run with --verbose for details");
     }
-    return err.name === "GatherInterrupted" ? 130 : 1;
+    return err instanceof GatherInterrupted ? 130 : 1;
   }
 }
 
