@@ -126,7 +126,13 @@ export { f16ArrayToF32, f16ToF32, f32ArrayToF16, f32ToF16 } from "./lib/half.ts"
 export { ErrnoError } from "./lib/_libc.ts";
 
 // The pipeline: windows → gather (keys.npy/vals.npy) → train → add (faiss.index) → datastore.json.
-export { planWindows, type Window, type WindowPlan } from "./lib/windows.ts";
+export {
+  planWindows,
+  type Window,
+  type WindowBatch,
+  windowBatch,
+  type WindowPlan,
+} from "./lib/windows.ts";
 export {
   gather,
   GatherInterrupted,

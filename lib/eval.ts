@@ -10,7 +10,7 @@ import { exactL2Async, FaissIndex } from "./faiss/mod.ts";
 import { MappedArray } from "./mmap.ts";
 import { type DatastoreManifest, datastorePaths, readManifest } from "./datastore.ts";
 import { interpolatedPerplexity, knnLogProb, perplexity } from "./knn_math.ts";
-import { planWindows } from "./windows.ts";
+import { planWindows, windowBatch } from "./windows.ts";
 
 /** What evaluation needs from a model: logits and keys for a batch of windows. */
 export interface ScoringModel {
@@ -260,14 +260,8 @@ export async function evaluate(opts: EvalOptions): Promise<EvalResult> {
   for (const m of modes) knn[m] = new Float64Array(n);
   const nBatches = Math.ceil(plan.count / batchSize);
   const launch = (b: number) => {
-    const first = b * batchSize;
-    const nw = Math.min(batchSize, plan.count - first);
-    const input = new Int32Array(nw * L);
-    for (let j = 0; j < nw; j++) {
-      const w = plan.at(first + j);
-      input.set(tokens.subarray(w.start, w.end), j * L);
-    }
-    return { first, nw, out: model.run(input, nw, L) };
+    const { first, count, tokens: input } = windowBatch(plan, tokens, batchSize, b);
+    return { first, nw: count, out: model.run(input, count, L) };
   };
   const neighbourVals = new Int32Array(k);
   let pending: ReturnType<typeof launch> | undefined = launch(0);

@@ -15,7 +15,7 @@ import { MappedArray } from "./mmap.ts";
 import { f32ArrayToF16 } from "./half.ts";
 import { readJsonIfExists, writeJsonAtomic } from "./_atomic.ts";
 import { datastorePaths, type GatherFingerprint, refuseMismatch } from "./datastore.ts";
-import { planWindows } from "./windows.ts";
+import { planWindows, windowBatch } from "./windows.ts";
 
 /** What gathering needs from a model: its key width and a batched forward pass. */
 export interface KeyModel {
@@ -182,19 +182,9 @@ export async function gather(opts: GatherOptions): Promise<GatherResult> {
   try {
     // No "sequential" advice here: it slows writing fresh pages several-fold.
     const L = plan.length;
-    const batchInput = (b: number) => {
-      const first = b * batchSize;
-      const n = Math.min(batchSize, plan.count - first);
-      const input = new Int32Array(n * L);
-      for (let j = 0; j < n; j++) {
-        const w = plan.at(first + j);
-        input.set(tokens.subarray(w.start, w.end), j * L);
-      }
-      return { first, n, input };
-    };
     const launch = (b: number) => {
-      const { first, n, input } = batchInput(b);
-      return { first, n, out: model.runKeys(input, n, L) };
+      const { first, count, tokens: input } = windowBatch(plan, tokens, batchSize, b);
+      return { first, n: count, out: model.runKeys(input, count, L) };
     };
 
     let sinceCheckpoint = 0;

@@ -64,3 +64,34 @@ export function planWindows(nTokens: number, seqLen: number, stride: number): Wi
     },
   };
 }
+
+/** One model call: windows [first, first + count) of a plan, stacked `[count, length]`. */
+export interface WindowBatch {
+  /** Index of the first window. */
+  first: number;
+  /** Number of windows (the last batch may be short). */
+  count: number;
+  /** Their tokens, row-major `[count, plan.length]`. */
+  tokens: Int32Array;
+}
+
+/**
+ * Batch `b` of `batchSize` windows: batches are cut the same way on every run, so a resumed
+ * gather feeds the model exactly the tensors an uninterrupted one did.
+ */
+export function windowBatch(
+  plan: WindowPlan,
+  tokens: Int32Array,
+  batchSize: number,
+  b: number,
+): WindowBatch {
+  const first = b * batchSize;
+  const count = Math.min(batchSize, plan.count - first);
+  if (!(count > 0)) throw new RangeError(`batch ${b} is past the last window`);
+  const out = new Int32Array(count * plan.length);
+  for (let j = 0; j < count; j++) {
+    const w = plan.at(first + j);
+    out.set(tokens.subarray(w.start, w.end), j * plan.length);
+  }
+  return { first, count, tokens: out };
+}
