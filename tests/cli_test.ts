@@ -107,3 +107,18 @@ Deno.test("build-index, info, eval and neighbors work together with --json", asy
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("model inspect lists the inputs, outputs and the recommended key tensor", async () => {
+  const nokey = new URL("./fixtures/tiny_lm_nokey.onnx", import.meta.url).pathname;
+  const r = await knn("model", "inspect", nokey, "--json");
+  assert.equal(r.code, 0, r.stderr);
+  const info = JSON.parse(r.stdout);
+  assert.deepEqual(info.inputs.map((i: { name: string }) => i.name), ["tokens"]);
+  assert.deepEqual(info.outputs.map((o: { name: string }) => o.name), ["logits"]);
+  assert.match(info.keyCandidates[0].role, /recommended/);
+  const text = await knn("model", "inspect", nokey);
+  assert.match(text.stdout, new RegExp(info.keyCandidates[0].tensor.replace(/[./]/g, "\\$&")));
+  const missing = await knn("model", "inspect", "/nonexistent/m.onnx");
+  assert.equal(missing.code, 1);
+  assert.match(missing.stderr, /\/nonexistent\/m\.onnx/);
+});
