@@ -2,7 +2,11 @@
  * `deno task setup`: find FAISS (installing it with apt-get on Debian/Ubuntu when missing and
  * permitted), then compile the FFI shim into the build cache and check that it loads.
  *
- * Usage: deno run -A tasks/setup.ts [--force] [--no-install]
+ * Usage: deno run -A tasks/setup.ts [--force] [--no-install] [--test-deps]
+ *
+ * `--test-deps` (used by `deno task test`) also makes sure the interop tests can run: Debian's
+ * `/usr/bin/python3` with numpy and FAISS (`python3-numpy python3-faiss`), which read what the
+ * toolkit writes. They are test dependencies only, never needed by the toolkit itself.
  *
  * @module
  */
@@ -19,6 +23,8 @@ import {
 } from "../lib/faiss/mod.ts";
 
 const INSTALL_CMD = `sudo apt-get update && sudo apt-get install -y ${APT_PACKAGES.join(" ")}`;
+const TEST_PACKAGES = ["python3-numpy", "python3-faiss"];
+const TEST_PYTHON = "/usr/bin/python3";
 
 function say(msg: string): void {
   console.error(`setup: ${msg}`);
@@ -56,10 +62,10 @@ function aptPrefix(): string[] | null {
   return null;
 }
 
-function aptInstall(prefix: string[]): void {
+function aptInstall(prefix: string[], packages: readonly string[] = APT_PACKAGES): void {
   const steps = [
     ["apt-get", "update", "-qq"],
-    ["apt-get", "install", "-y", "-qq", "--no-install-recommends", ...APT_PACKAGES],
+    ["apt-get", "install", "-y", "-qq", "--no-install-recommends", ...packages],
   ];
   for (const step of steps) {
     const cmd = [...prefix, ...step];
@@ -71,7 +77,10 @@ function aptInstall(prefix: string[]): void {
     }).outputSync();
     if (!status.success) {
       console.error(new TextDecoder().decode(status.stderr).trimEnd());
-      fail(`'${cmd.join(" ")}' failed (exit ${status.code})`, INSTALL_CMD);
+      fail(
+        `'${cmd.join(" ")}' failed (exit ${status.code})`,
+        `sudo apt-get update && sudo apt-get install -y ${packages.join(" ")}`,
+      );
     }
   }
 }
@@ -93,6 +102,21 @@ function installOrExit(reason: string): void {
   aptInstall(prefix);
 }
 
+// The interop tests read our files with numpy and Python FAISS (Debian's python3-*).
+function ensureTestDeps(noInstall: boolean): void {
+  if (succeeds(TEST_PYTHON, ["-c", "import numpy, faiss"])) {
+    say(`test interop: ${TEST_PYTHON} has numpy and faiss`);
+    return;
+  }
+  const cmd = `sudo apt-get update && sudo apt-get install -y ${TEST_PACKAGES.join(" ")}`;
+  const reason = `test interop: ${TEST_PYTHON} lacks numpy or faiss`;
+  const prefix = isDebianLike() && !noInstall ? aptPrefix() : null;
+  if (prefix === null) fail(reason, cmd);
+  say(`${reason}; installing ${TEST_PACKAGES.join(" ")} with apt-get`);
+  aptInstall(prefix, TEST_PACKAGES);
+  if (!succeeds(TEST_PYTHON, ["-c", "import numpy, faiss"])) fail(`${reason} after install`, cmd);
+}
+
 function describe(tc: FaissToolchain): string {
   const pkg = tc.packageVersion ? ` (libfaiss-dev ${tc.packageVersion})` : "";
   return `FAISS ${tc.faissVersion ?? "?"}${pkg} at ${tc.library}, compiler ${tc.compilerVersion}`;
@@ -104,6 +128,7 @@ function main(): void {
     options: {
       force: { type: "boolean" },
       "no-install": { type: "boolean" },
+      "test-deps": { type: "boolean" },
       help: { type: "boolean", short: "h" },
     },
   });
@@ -111,11 +136,13 @@ function main(): void {
     console.log(
       "Usage: deno task setup [--force] [--no-install]\n" +
         "  --force       recompile the shim even when the cache has it\n" +
-        "  --no-install  never run apt-get; print the command instead",
+        "  --no-install  never run apt-get; print the command instead\n" +
+        "  --test-deps   also ensure /usr/bin/python3 has numpy and faiss (interop tests)",
     );
     return;
   }
 
+  if (values["test-deps"]) ensureTestDeps(!!values["no-install"]);
   const explicit = Deno.env.get(LIB_ENV);
   if (explicit) {
     say(`${LIB_ENV}=${explicit} is set; checking it instead of building`);
