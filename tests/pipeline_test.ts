@@ -2,6 +2,8 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import {
   buildIndex,
+  f16ArrayToF32,
+  f32ArrayToF16,
   FaissIndex,
   gather,
   GatherInterrupted,
@@ -259,5 +261,27 @@ Deno.test("bad inputs fail with errors that name the file or setting", async () 
     );
   } finally {
     await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("float16 keys are stored as half bits of the model's keys and still index and search", async () => {
+  const a = await setup(800, { factory: "IVF4,Flat", nprobe: "4" });
+  const b = await setup(800, { factory: "IVF4,Flat", nprobe: "4", "key-dtype": "float16" });
+  try {
+    await buildIndex(a.config);
+    const m = await buildIndex(b.config);
+    assert.equal(m.keys.dtype, "<f2");
+    using k32 = MappedArray.open(join(a.config.out, "keys.npy"), { dtypes: ["<f4"] });
+    using k16 = MappedArray.open(join(b.config.out, "keys.npy"), { dtypes: ["<f2"] });
+    assert.deepEqual(k16.view(), f32ArrayToF16(k32.view()));
+    using index = FaissIndex.read(join(b.config.out, "faiss.index"));
+    assert.equal(index.ntotal, k16.rows);
+    const q = f16ArrayToF32(k16.view(300, 301));
+    const { labels, distances } = index.search(q, 1);
+    assert.equal(labels[0], 300n);
+    assert.equal(distances[0], 0);
+  } finally {
+    await Deno.remove(a.dir, { recursive: true });
+    await Deno.remove(b.dir, { recursive: true });
   }
 });
