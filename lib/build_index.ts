@@ -13,6 +13,7 @@ import { FaissIndex, type Vectors } from "./faiss/mod.ts";
 import { MappedArray } from "./mmap.ts";
 import { datastorePaths, type IndexParams } from "./datastore.ts";
 import { sampleRows } from "./sample.ts";
+import { removeIfExists } from "./_atomic.ts";
 
 /** FAISS wants at least this many training points per centroid. */
 export const MIN_POINTS_PER_CENTROID = 39;
@@ -35,6 +36,8 @@ export interface IndexRequest {
   trainSize?: number;
   /** Sample seed. Default 1. */
   seed?: number;
+  /** IVF lists on disk (mapped `faiss.ivfdata`) or in memory. Default "disk". */
+  invlists?: "disk" | "memory";
 }
 
 /** Fits the requested parameters to a datastore of `n` keys of width `d`. */
@@ -46,6 +49,7 @@ export function planIndex(
   const warnings: string[] = [];
   const metric = req.metric ?? "l2";
   const seed = req.seed ?? 1;
+  const invlists = req.invlists ?? "disk";
   let trainSize = req.trainSize ?? 200_000;
   if (n < 1) throw new Error("the datastore has no keys to index");
   if (trainSize > n) {
@@ -66,6 +70,7 @@ export function planIndex(
         nprobe: req.nprobe ?? 8,
         trainSize,
         seed,
+        invlists: ivf ? invlists : "memory",
       },
       warnings,
     };
@@ -118,6 +123,7 @@ export function planIndex(
       nprobe,
       trainSize,
       seed,
+      invlists,
     },
     warnings,
   };
@@ -210,6 +216,11 @@ export async function addToIndex(opts: AddOptions): Promise<{ ntotal: number; se
     throw new Error(
       `${paths.trainedIndex}: expected an empty trained index, found ${index.ntotal} vectors`,
     );
+  }
+  // Codes go to a mapped faiss.ivfdata: the index grows in the page cache, not in this process.
+  if (opts.params.invlists === "disk" && opts.params.nlist > 0) {
+    await removeIfExists(paths.ivfdata);
+    index.useOnDiskLists(paths.ivfdata);
   }
   keys.advise("sequential");
   const n = keys.rows;

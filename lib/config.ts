@@ -31,6 +31,12 @@ export interface IndexConfig {
   addChunk: number;
   /** Seed for the training sample and FAISS's k-means. */
   seed: number;
+  /**
+   * Where an IVF index keeps its inverted lists (the codes) while keys are added and after:
+   * `"disk"`, a memory-mapped `faiss.ivfdata` beside `faiss.index` (process memory stays flat
+   * as the datastore grows), or `"memory"`, inside `faiss.index` (one self-contained file).
+   */
+  invlists: "disk" | "memory";
 }
 
 /** Evaluation parameters (perplexity of the interpolated kNN-LM). */
@@ -230,6 +236,12 @@ const SCHEMA: Schema = {
       trainSize: { kind: "integer", min: 1, default: 200_000, doc: "keys sampled for training" },
       addChunk: { kind: "integer", min: 1, default: 65_536, doc: "keys per add_with_ids call" },
       seed: { kind: "integer", default: 1, doc: "seed for sampling and k-means" },
+      invlists: {
+        kind: "enum",
+        values: ["disk", "memory"],
+        default: "disk",
+        doc: "IVF lists in a mapped faiss.ivfdata (disk) or inside faiss.index (memory)",
+      },
     },
   },
   eval: {

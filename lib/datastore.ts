@@ -22,6 +22,7 @@ export const DATASTORE_FILES = {
   keys: "keys.npy",
   vals: "vals.npy",
   index: "faiss.index",
+  ivfdata: "faiss.ivfdata",
   trainedIndex: "faiss.trained.index",
   manifest: "datastore.json",
   gatherProgress: "gather.progress.json",
@@ -72,6 +73,8 @@ export interface IndexParams {
   trainSize: number;
   /** Seed of the training sample. */
   seed: number;
+  /** IVF inverted lists in a mapped `faiss.ivfdata` ("disk") or inside `faiss.index`. */
+  invlists: "disk" | "memory";
 }
 
 /** `datastore.json`: how a datastore was made. */

@@ -78,7 +78,9 @@ export class Datastore implements Disposable {
         `${dir}: the datastore has no finished index (run \`knn build-index --out ${dir}\`)`,
       );
     }
-    for (const p of [paths.keys, paths.vals, paths.index]) {
+    const needed = [paths.keys, paths.vals, paths.index];
+    if (manifest.index.invlists === "disk" && manifest.index.nlist > 0) needed.push(paths.ivfdata);
+    for (const p of needed) {
       try {
         await Deno.stat(p);
       } catch {

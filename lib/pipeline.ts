@@ -63,6 +63,11 @@ function sameParams(a: IndexParams | undefined, b: IndexParams): boolean {
   return (Object.keys(b) as (keyof IndexParams)[]).every((k) => a[k] === b[k]);
 }
 
+// Training does not depend on where the lists will live, so switching invlists only re-adds.
+function sameTraining(a: IndexParams | undefined, b: IndexParams): boolean {
+  return sameParams(a && { ...a, invlists: b.invlists }, b);
+}
+
 /**
  * Runs the pipeline for `config` into `config.out` and returns the final manifest.
  *
@@ -213,13 +218,13 @@ export async function buildIndex(
     } catch {
       trainedFileExists = false;
     }
-    const trained = sameParams(manifest.trained, params) && trainedFileExists &&
+    const trained = sameTraining(manifest.trained, params) && trainedFileExists &&
       !(opts.force && stages.has("train"));
     if (stages.has("train") && trained) {
       emit({ type: "skip", stage: "train", reason: `already trained (${params.factory})` });
     }
     if (stages.has("train") && !trained) {
-      if (manifest.trained && !sameParams(manifest.trained, params)) {
+      if (manifest.trained && !sameTraining(manifest.trained, params)) {
         emit({
           type: "warning",
           message: `index settings changed (${manifest.trained.factory} → ${params.factory}): ` +
@@ -250,15 +255,23 @@ export async function buildIndex(
       });
     }
     if (stages.has("add") && !added) {
-      if (!sameParams(manifest.trained, params)) {
+      if (!sameTraining(manifest.trained, params)) {
         throw new Error(
           `${dir}: no trained index for ${params.factory} (run \`knn train-index\` first)`,
         );
       }
+      if (manifest.index) {
+        // The old index goes first: re-adding rewrites faiss.ivfdata, which it may point into.
+        manifest = { ...manifest };
+        delete manifest.index;
+        await writeManifest(dir, manifest);
+        await removeIfExists(paths.index);
+      }
       emit({
         type: "start",
         stage: "add",
-        detail: `${n} keys in chunks of ${config.index.addChunk}`,
+        detail: `${n} keys in chunks of ${config.index.addChunk}` +
+          (params.invlists === "disk" && params.nlist > 0 ? ", lists in faiss.ivfdata" : ""),
       });
       const a = await addToIndex({
         dir,

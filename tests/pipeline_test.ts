@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import {
   buildIndex,
+  Datastore,
   f16ArrayToF32,
   f32ArrayToF16,
   FaissIndex,
@@ -285,3 +286,56 @@ Deno.test("float16 keys are stored as half bits of the model's keys and still in
     await Deno.remove(b.dir, { recursive: true });
   }
 });
+
+Deno.test("on-disk inverted lists live in faiss.ivfdata, survive a move and read in Python FAISS", async () => {
+  const { dir, config } = await setup(3000, { factory: "IVF8,Flat", nprobe: "8" });
+  const mem = loadConfig({
+    flags: { ...configFlags(config), out: join(dir, "mem"), invlists: "memory" },
+  }).config;
+  try {
+    const m = await buildIndex(config);
+    assert.equal(m.index?.invlists, "disk");
+    const ivfdata = await Deno.stat(join(config.out, "faiss.ivfdata"));
+    const index = await Deno.stat(join(config.out, "faiss.index"));
+    assert.ok(ivfdata.size >= 2999 * (64 * 4 + 8), `codes and ids on disk: ${ivfdata.size} B`);
+    assert.ok(index.size < 100_000, `faiss.index holds no codes: ${index.size} B`);
+
+    await buildIndex(mem);
+    assert.ok((await Deno.stat(join(mem.out, "faiss.index"))).size > 2999 * 64 * 4);
+    await assert.rejects(Deno.stat(join(mem.out, "faiss.ivfdata")), Deno.errors.NotFound);
+
+    const moved = join(dir, "moved");
+    await Deno.rename(config.out, moved);
+    using ds = await Datastore.open(moved);
+    const q = Float32Array.from(ds.keys.view(1234, 1235) as Float32Array);
+    assert.equal((await ds.index.searchAsync(q, 1)).labels[0], 1234n);
+    const py = await new Deno.Command("/usr/bin/python3", {
+      args: [
+        "-c",
+        "import faiss,sys; ix=faiss.read_index(sys.argv[1], faiss.IO_FLAG_ONDISK_SAME_DIR); " +
+        "print(ix.ntotal)",
+        join(moved, "faiss.index"),
+      ],
+      stdout: "piped",
+      stderr: "null",
+    }).output();
+    // FAISS itself prints a note about the moved ivfdata on stdout first.
+    assert.equal(new TextDecoder().decode(py.stdout).trim().split("\n").at(-1), "2999");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+/** The flags that reproduce a test config (for a variant with one setting changed). */
+function configFlags(c: KnnlmConfig): Record<string, string> {
+  return {
+    model: c.model,
+    corpus: c.corpus,
+    "seq-len": String(c.seqLen),
+    stride: String(c.stride),
+    "batch-size": String(c.batchSize),
+    threads: String(c.threads),
+    factory: c.index.factory ?? "",
+    nprobe: String(c.index.nprobe),
+  };
+}

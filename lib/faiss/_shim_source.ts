@@ -17,7 +17,7 @@
  */
 
 /** Bumped whenever a signature in the ABI changes; `ffi.ts` refuses a library with another one. */
-export const SHIM_ABI_VERSION = 2;
+export const SHIM_ABI_VERSION = 3;
 
 /** The C++ source text, compiled by `build.ts` with `g++ -std=c++17 -fopenmp`. */
 export const SHIM_SOURCE: string = String
@@ -33,9 +33,11 @@ export const SHIM_SOURCE: string = String
 #include <faiss/impl/FaissException.h>
 #include <faiss/index_factory.h>
 #include <faiss/index_io.h>
+#include <faiss/invlists/OnDiskInvertedLists.h>
 #include <faiss/utils/distances.h>
 
 #include <cxxabi.h>
+#include <unistd.h>
 #include <omp.h>
 
 #include <algorithm>
@@ -74,6 +76,26 @@ void write_err(char* err, size_t errlen, const char* msg) {
   if (err == nullptr || errlen == 0) return;
   std::snprintf(err, errlen, "%s", msg);
 }
+
+// FAISS's on-disk inverted lists report file resizes with printf on stdout, which would land
+// in the middle of a program's own output (e.g. JSON on stdout). While one of those calls runs,
+// fd 1 points at stderr. Calls run one at a time per index; output that another thread writes
+// to stdout meanwhile goes to stderr too.
+struct StdoutToStderr {
+  int saved;
+  StdoutToStderr() {
+    std::fflush(stdout);
+    saved = dup(1);
+    if (saved >= 0) dup2(2, 1);
+  }
+  ~StdoutToStderr() {
+    std::fflush(stdout);
+    if (saved >= 0) {
+      dup2(saved, 1);
+      close(saved);
+    }
+  }
+};
 
 // Runs fn and turns every exception into status 1 plus a message in err.
 template <class Fn>
@@ -269,6 +291,7 @@ KNNLM_API int knnlm_index_read(const char* path, int32_t io_flags, void** out, c
                                size_t errlen) {
   return guarded(err, errlen, [&] {
     if (path == nullptr) throw std::invalid_argument("null path");
+    StdoutToStderr quiet;
     *out = faiss::read_index(path, io_flags);
   });
 }
@@ -327,6 +350,7 @@ KNNLM_API int knnlm_index_add(void* index, int64_t n, const void* x, int32_t dty
   return guarded(err, errlen, [&] {
     faiss::Index* ix = as_index(index);
     check_rows(n, x);
+    StdoutToStderr quiet;
     for_each_slice(x, dtype, n, ix->d, [&](int64_t m, const float* rows, int64_t i0) {
       if (ids == nullptr) {
         ix->add(m, rows);
@@ -349,6 +373,27 @@ KNNLM_API int knnlm_index_search(const void* index, int64_t n, const void* x, in
     for_each_slice(x, dtype, n, ix->d, [&](int64_t m, const float* rows, int64_t i0) {
       ix->search(m, rows, k, distances + i0 * k, labels + i0 * k);
     });
+  });
+}
+
+// Moves an empty IVF index's inverted lists into a memory-mapped file at path, so the codes
+// added later live in the page cache, not in anonymous memory. write_index then records the
+// file's name; read it back from the same directory with IO_FLAG_ONDISK_SAME_DIR.
+KNNLM_API int knnlm_index_use_ondisk(void* index, const char* path, char* err, size_t errlen) {
+  return guarded(err, errlen, [&] {
+    if (path == nullptr) throw std::invalid_argument("null path");
+    faiss::IndexIVF* ivf = find_ivf(as_index(index));
+    if (ivf == nullptr) {
+      throw std::invalid_argument("on-disk inverted lists apply only to IVF indexes; this is " +
+                                  demangle(typeid(*as_index(index)).name()));
+    }
+    if (ivf->ntotal != 0) {
+      throw std::invalid_argument("on-disk inverted lists need an empty index, this one holds " +
+                                  std::to_string(ivf->ntotal));
+    }
+    StdoutToStderr quiet;
+    auto* od = new faiss::OnDiskInvertedLists(ivf->nlist, ivf->code_size, path);
+    ivf->replace_invlists(od, true);
   });
 }
 

@@ -119,6 +119,11 @@ const symbols = {
     result: "i32",
     nonblocking: true,
   },
+  // int knnlm_index_use_ondisk(void* index, const char* path, char* err, size_t errlen)
+  knnlm_index_use_ondisk: {
+    parameters: ["pointer", "buffer", "buffer", "usize"],
+    result: "i32",
+  },
   // int knnlm_l2_rows(const float* queries, int64_t nq, int32_t d, const void* base, int32_t dtype, int64_t nbase, const int64_t* labels, int64_t k, float* out, char* err, size_t errlen)
   knnlm_l2_rows_async: {
     name: "knnlm_l2_rows",

@@ -57,6 +57,8 @@ export interface ReadOptions {
 
 /** FAISS's `IO_FLAG_MMAP` from `faiss/index_io.h` (`IO_FLAG_SKIP_IVF_DATA | 0x646f0000`). */
 export const IO_FLAG_MMAP = 0x646f0008;
+/** FAISS's IO_FLAG_ONDISK_SAME_DIR: find on-disk inverted lists next to the index file. */
+export const IO_FLAG_ONDISK_SAME_DIR = 4;
 
 // faiss::MetricType values.
 const METRIC_CODE: Record<Metric, number> = { ip: 0, l2: 1 };
@@ -269,7 +271,8 @@ export class FaissIndex {
   /** Reads an index written by `write` or by `faiss.write_index` (Python or C++). */
   static read(path: string, opts: ReadOptions = {}): FaissIndex {
     const { lib } = openFaissLibrary();
-    const flags = opts.mmap ? IO_FLAG_MMAP : 0;
+    // On-disk inverted lists are looked up beside the index file, so a datastore can move.
+    const flags = opts.mmap ? IO_FLAG_MMAP : IO_FLAG_ONDISK_SAME_DIR;
     const out = new BigUint64Array(1);
     const err = errBuf();
     const what = `${path}: faiss read_index`;
@@ -416,6 +419,23 @@ export class FaissIndex {
       checkIds(ids, v.n, "addWithIdsAsync");
       this.#checkTrained("addWithIdsAsync");
       await this.#addAsync(v, ids);
+    });
+  }
+
+  /**
+   * Keeps this (empty, IVF) index's inverted lists in a memory-mapped file at `path` instead of
+   * anonymous memory, so adding millions of keys does not grow the process's own memory.
+   * `write` records the file's name; `read` finds it in the index file's directory.
+   */
+  useOnDiskLists(path: string): void {
+    const cpath = cString(path, `${path}: useOnDiskLists`);
+    this.#sync("useOnDiskLists", "write", () => {
+      const err = errBuf();
+      check(
+        this.#lib.symbols.knnlm_index_use_ondisk(this.#ptr, cpath, err, ERR_CAP),
+        err,
+        `${path}: on-disk inverted lists`,
+      );
     });
   }
 

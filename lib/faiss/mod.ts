@@ -12,6 +12,7 @@ export {
   faissVersion,
   getNumThreads,
   IO_FLAG_MMAP,
+  IO_FLAG_ONDISK_SAME_DIR,
   type IvfPqOptions,
   type Metric,
   type ReadOptions,
