@@ -14,6 +14,7 @@ import { MappedArray } from "./mmap.ts";
 import { datastorePaths, type IndexParams } from "./datastore.ts";
 import { sampleRows } from "./sample.ts";
 import { removeIfExists } from "./_atomic.ts";
+import { resolve } from "node:path";
 
 /** FAISS wants at least this many training points per centroid. */
 export const MIN_POINTS_PER_CENTROID = 39;
@@ -220,7 +221,8 @@ export async function addToIndex(opts: AddOptions): Promise<{ ntotal: number; se
   // Codes go to a mapped faiss.ivfdata: the index grows in the page cache, not in this process.
   if (opts.params.invlists === "disk" && opts.params.nlist > 0) {
     await removeIfExists(paths.ivfdata);
-    index.useOnDiskLists(paths.ivfdata);
+    // FAISS records this name in faiss.index: absolute, so readers in any directory find it.
+    index.useOnDiskLists(resolve(paths.ivfdata));
   }
   keys.advise("sequential");
   const n = keys.rows;

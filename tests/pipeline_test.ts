@@ -292,8 +292,12 @@ Deno.test("on-disk inverted lists live in faiss.ivfdata, survive a move and read
   const mem = loadConfig({
     flags: { ...configFlags(config), out: join(dir, "mem"), invlists: "memory" },
   }).config;
+  const cwd = Deno.cwd();
   try {
-    const m = await buildIndex(config);
+    // Built with a relative --out: the name FAISS records must still work from elsewhere.
+    Deno.chdir(dir);
+    const m = await buildIndex({ ...config, out: "ds" });
+    Deno.chdir(cwd);
     assert.equal(m.index?.invlists, "disk");
     const ivfdata = await Deno.stat(join(config.out, "faiss.ivfdata"));
     const index = await Deno.stat(join(config.out, "faiss.index"));
@@ -303,6 +307,19 @@ Deno.test("on-disk inverted lists live in faiss.ivfdata, survive a move and read
     await buildIndex(mem);
     assert.ok((await Deno.stat(join(mem.out, "faiss.index"))).size > 2999 * 64 * 4);
     await assert.rejects(Deno.stat(join(mem.out, "faiss.ivfdata")), Deno.errors.NotFound);
+
+    // In place, plain faiss.read_index finds faiss.ivfdata from any working directory.
+    const inPlace = await new Deno.Command("/usr/bin/python3", {
+      args: [
+        "-c",
+        "import faiss,sys; print(faiss.read_index(sys.argv[1]).ntotal)",
+        join(config.out, "faiss.index"),
+      ],
+      cwd: "/",
+      stdout: "piped",
+      stderr: "null",
+    }).output();
+    assert.equal(new TextDecoder().decode(inPlace.stdout).trim(), "2999");
 
     const moved = join(dir, "moved");
     await Deno.rename(config.out, moved);
@@ -322,6 +339,7 @@ Deno.test("on-disk inverted lists live in faiss.ivfdata, survive a move and read
     // FAISS itself prints a note about the moved ivfdata on stdout first.
     assert.equal(new TextDecoder().decode(py.stdout).trim().split("\n").at(-1), "2999");
   } finally {
+    Deno.chdir(cwd);
     await Deno.remove(dir, { recursive: true });
   }
 });
