@@ -1,5 +1,10 @@
 import { createHash } from "node:crypto";
 
+/** sha256 hex of bytes, or of a string's UTF-8 bytes. */
+export function sha256Hex(data: Uint8Array | string): string {
+  return createHash("sha256").update(data).digest("hex");
+}
+
 /** sha256 hex of a file, streamed in 4 MiB blocks so model files of any size are fine. */
 export async function sha256File(path: string): Promise<string> {
   const hash = createHash("sha256");
@@ -11,22 +16,4 @@ export async function sha256File(path: string): Promise<string> {
     hash.update(buf.subarray(0, n));
   }
   return hash.digest("hex");
-}
-
-/** sha256 hex of bytes (or of a typed array's bytes). */
-export function sha256Bytes(data: ArrayBufferView): string {
-  return createHash("sha256")
-    .update(new Uint8Array(data.buffer, data.byteOffset, data.byteLength))
-    .digest("hex");
-}
-
-/** Stable JSON (sorted keys) for fingerprints that must not depend on key order. */
-export function stableJson(value: unknown): string {
-  return JSON.stringify(
-    value,
-    (_k, v) =>
-      v && typeof v === "object" && !Array.isArray(v)
-        ? Object.fromEntries(Object.entries(v).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)))
-        : v,
-  );
 }

@@ -13,6 +13,7 @@
  *
  * @module
  */
+import { sha256Hex } from "../_hash.ts";
 import { basename, join } from "node:path";
 import { BROWN_PACKAGE_VERSION, BROWN_SPLITS, type BrownSplit, loadBrownText } from "./brown.ts";
 import { readNpyIds } from "./_npy_ids.ts";
@@ -158,12 +159,11 @@ async function fromIds(
 }
 
 /** sha256 hex of the ids as little-endian int32 bytes. */
-export async function tokenIdentity(tokens: Int32Array): Promise<string> {
+export function tokenIdentity(tokens: Int32Array): Promise<string> {
   const bytes = new Uint8Array(tokens.length * 4);
   const view = new DataView(bytes.buffer);
   for (let i = 0; i < tokens.length; i++) view.setInt32(i * 4, tokens[i], true);
-  const digest = await crypto.subtle.digest("SHA-256", bytes);
-  return Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("");
+  return Promise.resolve(sha256Hex(bytes));
 }
 
 async function readBytes(path: string): Promise<Uint8Array> {

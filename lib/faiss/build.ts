@@ -9,7 +9,7 @@
  * @module
  */
 
-import { createHash } from "node:crypto";
+import { sha256Hex } from "../_hash.ts";
 import { SHIM_ABI_VERSION, SHIM_SOURCE } from "./_shim_source.ts";
 
 /** Environment variable naming an already built shim library; it overrides the cache. */
@@ -159,13 +159,9 @@ export function findToolchain(): FaissToolchain {
   };
 }
 
-function sha256(text: string): string {
-  return createHash("sha256").update(text).digest("hex");
-}
-
 /** Hash of the shim source and ABI, recorded in each build's `build.json`. */
 export function shimSourceHash(): string {
-  return sha256(`${SHIM_ABI_VERSION}\n${SHIM_SOURCE}`);
+  return sha256Hex(`${SHIM_ABI_VERSION}\n${SHIM_SOURCE}`);
 }
 
 /** Cache key of a build with this toolchain, or null when the toolchain is incomplete. */
@@ -184,7 +180,7 @@ export function shimKey(tc: FaissToolchain): string | null {
     library: libStamp,
     include: tc.includeDir,
   });
-  return sha256(material).slice(0, 16);
+  return sha256Hex(material).slice(0, 16);
 }
 
 interface BuildRecord {

@@ -5,6 +5,7 @@
  *
  * @module
  */
+import { sha256Hex } from "../_hash.ts";
 import { join } from "node:path";
 import { nearest } from "../_suggest.ts";
 import { readModelFile, writeFileAtomic } from "./_files.ts";
@@ -47,12 +48,6 @@ export function defaultOnnxCacheDir(): string {
     (env("XDG_CACHE_HOME") ? join(env("XDG_CACHE_HOME")!, "knnlm") : undefined) ??
     join(env("HOME") ?? Deno.cwd(), ".cache", "knnlm");
   return join(base, "onnx");
-}
-
-async function sha256Hex(data: Uint8Array | string): Promise<string> {
-  const bytes = typeof data === "string" ? new TextEncoder().encode(data) : data;
-  const digest = await crypto.subtle.digest("SHA-256", bytes as Uint8Array<ArrayBuffer>);
-  return Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
 /**
@@ -160,8 +155,8 @@ export async function exposeInModel(
     );
   }
   const dir = options.cacheDir ?? defaultOnnxCacheDir();
-  const key = await sha256Hex(
-    `${await sha256Hex(bytes)}\n${JSON.stringify({ v: EDIT_VERSION, expose: added })}`,
+  const key = sha256Hex(
+    `${sha256Hex(bytes)}\n${JSON.stringify({ v: EDIT_VERSION, expose: added })}`,
   );
   const target = join(dir, `${key}.onnx`);
   try {
