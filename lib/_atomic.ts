@@ -1,14 +1,27 @@
-/** Writes `text` to `path.tmp`, fsyncs it and renames it over `path`: never a half file. */
-export async function writeTextAtomic(path: string, text: string): Promise<void> {
-  const tmp = `${path}.tmp`;
-  {
-    using file = await Deno.open(tmp, { write: true, create: true, truncate: true });
-    const bytes = new TextEncoder().encode(text);
-    let off = 0;
-    while (off < bytes.length) off += await file.write(bytes.subarray(off));
-    await file.sync();
+/**
+ * Writes `bytes` to a unique `path.<pid>.<id>.tmp`, fsyncs it and renames it over `path`:
+ * readers never see a half file, and concurrent writers never share a temp file. The temp
+ * file is removed if anything fails.
+ */
+export async function writeFileAtomic(path: string, bytes: Uint8Array): Promise<void> {
+  const tmp = `${path}.${Deno.pid}.${crypto.randomUUID().slice(0, 8)}.tmp`;
+  try {
+    {
+      using file = await Deno.open(tmp, { write: true, create: true, truncate: true });
+      let off = 0;
+      while (off < bytes.length) off += await file.write(bytes.subarray(off));
+      await file.sync();
+    }
+    await Deno.rename(tmp, path);
+  } catch (e) {
+    await Deno.remove(tmp).catch(() => {});
+    throw e;
   }
-  await Deno.rename(tmp, path);
+}
+
+/** Writes `text` as UTF-8 atomically (see {@link writeFileAtomic}). */
+export function writeTextAtomic(path: string, text: string): Promise<void> {
+  return writeFileAtomic(path, new TextEncoder().encode(text));
 }
 
 /** Writes `value` as pretty JSON atomically (see {@link writeTextAtomic}). */

@@ -1,4 +1,4 @@
-/** File helpers shared by the ONNX modules: reading with path-naming errors, atomic writes. */
+/** File helpers shared by the ONNX modules: reading with path-naming errors. */
 
 /**
  * Reads a model file.
@@ -15,17 +15,5 @@ export async function readModelFile(path: string): Promise<Uint8Array> {
       ? "is a directory, expected an .onnx file"
       : `cannot read model file: ${(e as Error).message}`;
     throw new Error(`${path}: ${why}`, { cause: e });
-  }
-}
-
-/** Writes `bytes` to `path` via a unique `*.tmp` file and a rename, so readers never see a partial file. */
-export async function writeFileAtomic(path: string, bytes: Uint8Array): Promise<void> {
-  const tmp = `${path}.${Deno.pid}.${crypto.randomUUID().slice(0, 8)}.tmp`;
-  try {
-    await Deno.writeFile(tmp, bytes);
-    await Deno.rename(tmp, path);
-  } catch (e) {
-    await Deno.remove(tmp).catch(() => {});
-    throw e;
   }
 }

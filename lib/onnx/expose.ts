@@ -8,7 +8,8 @@
 import { sha256Hex } from "../_hash.ts";
 import { join } from "node:path";
 import { nearest } from "../_suggest.ts";
-import { readModelFile, writeFileAtomic } from "./_files.ts";
+import { writeFileAtomic } from "../_atomic.ts";
+import { readModelFile } from "./_files.ts";
 import { ort } from "./_ort.ts";
 import { parseModelAt } from "./inspect.ts";
 import {
