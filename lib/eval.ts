@@ -153,6 +153,14 @@ export class Datastore implements Disposable {
     );
   }
 
+  /**
+   * FAISS's distances as the vote uses them (smaller = nearer): squared L2 as they are,
+   * inner-product similarities negated.
+   */
+  voteDistances(distances: Float32Array): Float32Array {
+    return this.manifest.index?.metric === "ip" ? distances.map((x) => -x) : distances;
+  }
+
   /** Releases the index and the mappings. */
   close(): void {
     this.index.close();
@@ -251,7 +259,6 @@ export async function evaluate(opts: EvalOptions): Promise<EvalResult> {
       `the model's keys have width ${model.dModel}, the datastore's ${ds.keys.rowLength}`,
     );
   }
-  const ip = ds.manifest.index?.metric === "ip";
   const plan = planWindows(tokens.length, seqLen, stride);
   const n = plan.positions;
   const d = model.dModel;
@@ -307,7 +314,7 @@ export async function evaluate(opts: EvalOptions): Promise<EvalResult> {
         if (knn.faiss) {
           const dist = distances.subarray(i * k, i * k + k);
           knn.faiss[positions[i]] = knnLogProb(
-            ip ? dist.map((x) => -x) : dist,
+            ds.voteDistances(dist),
             neighbourVals,
             y,
             T,

@@ -7,7 +7,7 @@
 
 import { sha256File } from "./_hash.ts";
 import { Datastore } from "./eval.ts";
-import { knnDistribution } from "./knn_math.ts";
+import { knnDistribution, logSoftmax } from "./knn_math.ts";
 import { OnnxLm } from "./onnx/runner.ts";
 
 /**
@@ -172,16 +172,11 @@ export class KnnLm implements Disposable {
     const d = this.model.dModel;
     const lo = logits.subarray((L - 1) * V, L * V);
     const query = keys.slice((L - 1) * d, L * d);
-    let max = -Infinity;
-    for (const x of lo) max = Math.max(max, x);
-    const lm = new Float64Array(V);
-    let z = 0;
-    for (let v = 0; v < V; v++) z += lm[v] = Math.exp(lo[v] - max);
-    for (let v = 0; v < V; v++) lm[v] /= z;
+    const lm = logSoftmax(lo).map(Math.exp);
     const { distances, labels } = await this.datastore.index.searchAsync(query, this.k);
     const dist = this.distance === "exact"
       ? await this.datastore.exactDistances(query, labels, this.k)
-      : (this.datastore.manifest.index?.metric === "ip" ? distances.map((x) => -x) : distances);
+      : this.datastore.voteDistances(distances);
     const vals = new Int32Array(this.k);
     const neighbours: Neighbour[] = [];
     for (let j = 0; j < this.k; j++) {
