@@ -7,40 +7,43 @@
  */
 
 import { parseArgs } from "node:util";
+import { exitStatus, KnnError } from "./lib/core/mod.ts";
+import {
+  configArgOptions,
+  describeConfigKeys,
+  type KnnlmConfig,
+  loadConfig,
+} from "./lib/config/mod.ts";
+import { loadCorpus } from "./lib/corpus/mod.ts";
+import {
+  byteTokenLabel,
+  decodeBytes,
+  encodeBytes,
+  formatModelInspection,
+  inspectModel,
+} from "./lib/model/mod.ts";
+import { setNumThreads } from "./lib/index/mod.ts";
 import {
   buildIndex,
   type BuildOptions,
-  configArgOptions,
-  ConfigError,
   Datastore,
-  describeConfigKeys,
-  evaluate,
-  formatModelInspection,
-  GatherInterrupted,
-  inspectModel,
-  KnnLm,
-  type KnnlmConfig,
-  lambdaPlotSvg,
-  loadConfig,
-  loadCorpus,
-  openDatastoreModel,
+  datastorePaths,
   type PipelineEvent,
   readManifest,
-  setNumThreads,
   type Stage,
-} from "./mod.ts";
-import { byteTokenLabel, decodeBytes, encodeBytes } from "./lib/tokenizer.ts";
-import { formatCount, formatDuration, ProgressBar, Spinner } from "./lib/progress.ts";
-import { datastorePaths } from "./lib/datastore.ts";
+} from "./lib/datastore/mod.ts";
+import { evaluate, KnnLm, openDatastoreModel } from "./lib/query/mod.ts";
+import {
+  formatCount,
+  formatDuration,
+  lambdaPlotSvg,
+  ProgressBar,
+  Spinner,
+} from "./lib/present/mod.ts";
 
-/** An error whose message is the whole story: printed as one line plus an optional hint. */
-class UsageError extends Error {
-  hint?: string;
-  constructor(message: string, hint?: string) {
-    super(message);
-    this.name = "UsageError";
-    this.hint = hint;
-  }
+/** A command-line mistake: one line plus an optional hint, exit status 2. */
+function usageError(message: string, hint?: string): KnnError {
+  return new KnnError("E_USAGE", message, { hint });
 }
 
 const COMMON = {
@@ -144,7 +147,7 @@ function parse<T extends Record<string, { type: "string" | "boolean"; short?: st
   try {
     return parseArgs({ args: argv, options, allowPositionals, strict: true });
   } catch (e) {
-    throw new UsageError((e as Error).message.split("\n")[0], "see --help");
+    throw usageError((e as Error).message.split("\n")[0], "see --help");
   }
 }
 
@@ -156,18 +159,22 @@ function loadCliConfig(values: Record<string, unknown>): KnnlmConfig {
   }).config;
 }
 
+/**
+ * An abort signal raised by the first SIGINT or SIGTERM (its reason: an `E_INTERRUPTED`
+ * {@linkcode KnnError} naming the signal); stages stop at their next safe point. A second
+ * signal quits at once with 130 / 143.
+ */
 function interruptSignal(): AbortSignal {
   const controller = new AbortController();
-  let count = 0;
-  Deno.addSignalListener("SIGINT", () => {
-    count++;
-    if (count === 1) {
-      controller.abort(new Error("interrupted"));
-      console.error("\ninterrupting: finishing the batch in flight (Ctrl-C again to quit now)…");
-    } else {
-      Deno.exit(130);
-    }
-  });
+  for (const sig of ["SIGINT", "SIGTERM"] as const) {
+    Deno.addSignalListener(sig, () => {
+      if (controller.signal.aborted) Deno.exit(sig === "SIGTERM" ? 143 : 130);
+      controller.abort(new KnnError("E_INTERRUPTED", `interrupted by ${sig}`, { signal: sig }));
+      console.error(
+        `\ninterrupting (${sig}): stopping at the next safe point (again to quit now)…`,
+      );
+    });
+  }
   return controller.signal;
 }
 
@@ -224,7 +231,7 @@ async function pipelineCommand(name: string, argv: string[], stages: Stage[]) {
   const { values, positionals } = parse(argv, CONFIG_FLAGS, true);
   if (values.help) return void console.log(pipelineHelp(name));
   if (positionals.length) {
-    throw new UsageError(`unexpected argument '${positionals[0]}'`, `see knn ${name} --help`);
+    throw usageError(`unexpected argument '${positionals[0]}'`, `see knn ${name} --help`);
   }
   const config = loadCliConfig(values);
   const opts: BuildOptions = {
@@ -256,7 +263,7 @@ async function infoCommand(argv: string[]) {
 Prints what datastore.json records about a datastore: model, corpus, shapes, index, timings.`);
   }
   const dir = positionals[0];
-  if (!dir || positionals.length > 1) throw new UsageError("expected one DIR", "knn info DIR");
+  if (!dir || positionals.length > 1) throw usageError("expected one DIR", "knn info DIR");
   const m = await readManifest(dir);
   if (!m) {
     let partial = "";
@@ -264,7 +271,7 @@ Prints what datastore.json records about a datastore: model, corpus, shapes, ind
       await Deno.stat(datastorePaths(dir).gatherProgress);
       partial = " (an unfinished gather is there: run build-index again to resume)";
     } catch { /* nothing partial either */ }
-    throw new UsageError(`${dir}: no datastore.json${partial}`);
+    throw usageError(`${dir}: no datastore.json${partial}`);
   }
   if (values.json) return void console.log(JSON.stringify(m, null, 2));
   const lines = [
@@ -305,7 +312,7 @@ Lists an ONNX model's inputs and outputs with shapes, and the tensors that can s
 to build-index; intermediate tensors are exposed in a cached copy, never in FILE itself.`);
   }
   const file = positionals[0];
-  if (!file) throw new UsageError("expected a model FILE", "knn model inspect FILE");
+  if (!file) throw usageError("expected a model FILE", "knn model inspect FILE");
   const info = await inspectModel(file);
   console.log(values.json ? JSON.stringify(info, null, 2) : formatModelInspection(info));
 }
@@ -352,7 +359,7 @@ Options:
       --json             print the result as JSON`);
   }
   if (!values.datastore) {
-    throw new UsageError("--datastore DIR is required", "e.g. knn eval --datastore data/default");
+    throw usageError("--datastore DIR is required", "e.g. knn eval --datastore data/default");
   }
   const flags: Record<string, unknown> = {
     "eval.corpus": values.corpus,
@@ -454,7 +461,7 @@ function intFlag(name: string, v: string | undefined, def: number, min = 1): num
   if (v === undefined) return def;
   const n = Number(v);
   if (!Number.isInteger(n) || n < min) {
-    throw new UsageError(`--${name}: expected an integer ≥ ${min}, found '${v}'`);
+    throw usageError(`--${name}: expected an integer ≥ ${min}, found '${v}'`);
   }
   return n;
 }
@@ -479,7 +486,7 @@ Options:
       --json            print the result as JSON`);
   }
   if (!values.datastore || values.text === undefined) {
-    throw new UsageError(
+    throw usageError(
       "--datastore DIR and --text TEXT are required",
       "see knn neighbors --help",
     );
@@ -487,11 +494,11 @@ Options:
   const k = intFlag("k", values.k, 8);
   const lambda = values.lambda === undefined ? 0.25 : Number(values.lambda);
   if (!(lambda >= 0 && lambda <= 1)) {
-    throw new UsageError(`--lambda: expected a number in [0, 1], found '${values.lambda}'`);
+    throw usageError(`--lambda: expected a number in [0, 1], found '${values.lambda}'`);
   }
   const distance = (values.distance ?? "exact") as "exact" | "faiss";
   if (distance !== "exact" && distance !== "faiss") {
-    throw new UsageError(`--distance: expected 'exact' or 'faiss', found '${values.distance}'`);
+    throw usageError(`--distance: expected 'exact' or 'faiss', found '${values.distance}'`);
   }
   const width = intFlag("context", values.context, 60);
   using knn = await KnnLm.open({
@@ -551,28 +558,21 @@ export async function main(argv: string[]): Promise<number> {
     return cmd ? 0 : 2;
   }
   if (cmd === "--version") {
-    console.log((await import("./lib/version.ts")).TOOLKIT_VERSION);
+    console.log((await import("./lib/core/version.ts")).TOOLKIT_VERSION);
     return 0;
   }
   const command = COMMANDS[cmd];
   try {
-    if (!command) throw new UsageError(`unknown command '${cmd}'`, "see knn --help");
+    if (!command) throw usageError(`unknown command '${cmd}'`, "see knn --help");
     await command.run(rest);
     return 0;
   } catch (e) {
     const err = e as Error;
     if (verbose) console.error(err);
-    else if (err instanceof ConfigError) {
-      console.error(`error: ${err.message.replaceAll("\n", "\n       ")}`);
-    } else console.error(`error: ${err.message}`);
-    if (err instanceof UsageError && err.hint) console.error(`hint: ${err.hint}`);
-    else if (
-      !verbose && !(err instanceof ConfigError) && !(err instanceof UsageError) &&
-      !(err instanceof GatherInterrupted)
-    ) {
-      console.error("hint: run with --verbose for details");
-    }
-    return err instanceof GatherInterrupted ? 130 : 1;
+    else console.error(`error: ${err.message.replaceAll("\n", "\n       ")}`);
+    if (KnnError.is(err) && err.hint) console.error(`hint: ${err.hint}`);
+    else if (!verbose && !KnnError.is(err)) console.error("hint: run with --verbose for details");
+    return exitStatus(err);
   }
 }
 

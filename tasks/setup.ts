@@ -15,12 +15,11 @@ import { parseArgs } from "node:util";
 import {
   APT_PACKAGES,
   buildShim,
-  faissLibraryPath,
   type FaissToolchain,
-  faissVersion,
   findToolchain,
   LIB_ENV,
-} from "../lib/faiss/mod.ts";
+} from "../lib/index/build.ts";
+import { faissLibraryPath, faissVersion } from "../lib/index/mod.ts";
 
 const INSTALL_CMD = `sudo apt-get update && sudo apt-get install -y ${APT_PACKAGES.join(" ")}`;
 const TEST_PACKAGES = ["python3-numpy", "python3-faiss"];

@@ -1,7 +1,7 @@
 // Deterministic test values per dtype, shared by the mmap and numpy interop tests. The same
 // formulas are written in Python in npy_interop_test.ts (PY_VALUES); keep the two in step.
-import type { DType, TypedArray } from "../lib/npy.ts";
-import { f32ToF16 } from "../lib/half.ts";
+import type { DType, TypedArray } from "../lib/storage/npy.ts";
+import { f32ToF16 } from "../lib/storage/half.ts";
 
 /** Element `i` (flat C-order index) of a test array; floats are exact in float16. */
 export function valueAt(dtype: DType, i: number): number | bigint {

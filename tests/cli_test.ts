@@ -28,13 +28,13 @@ Deno.test("every command explains itself with --help", async () => {
   assert.match(build.stdout, /--index\.nlist, --nlist/);
 });
 
-Deno.test("bad flags and values give one-line errors, a hint and exit code 1", async () => {
+Deno.test("bad flags and values give one-line errors, a hint and exit code 2", async () => {
   const r = await knn("build-index", "--nlist", "abc");
-  assert.equal(r.code, 1);
+  assert.equal(r.code, 2);
   assert.match(r.stderr, /^error: --nlist: index\.nlist: expected an integer ≥ 1, found "abc"/);
   assert.doesNotMatch(r.stderr, /\n\s+at /, "no stack trace without --verbose");
   const u = await knn("frobnicate");
-  assert.equal(u.code, 1);
+  assert.equal(u.code, 2);
   assert.match(u.stderr, /unknown command 'frobnicate'\nhint: see knn --help/);
   const e = await knn("eval");
   assert.match(e.stderr, /--datastore DIR is required/);

@@ -9,7 +9,7 @@ import {
   describeConfigKeys,
   loadConfig,
   parseJsonc,
-} from "../lib/config.ts";
+} from "../lib/config/config.ts";
 
 function writeConfig(text: string, name = "knnlm.jsonc"): string {
   const dir = Deno.makeTempDirSync({ prefix: "knnlm-config-" });

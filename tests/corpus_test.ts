@@ -7,11 +7,10 @@ import {
   brownSplitSizes,
   cleanBrownText,
   loadBrownText,
-  loadCorpus,
   readBrownFile,
-  tokenIdentity,
-} from "../lib/corpus/mod.ts";
-import { encodeBytes } from "../lib/tokenizer.ts";
+} from "../lib/corpus/brown.ts";
+import { loadCorpus, tokenIdentity } from "../lib/corpus/mod.ts";
+import { encodeBytes } from "../lib/model/tokenizer.ts";
 
 Deno.test("Brown splits are 400/50/50 files, disjoint, and together cover all 500 files", async () => {
   const all = await brownFiles();

@@ -1,9 +1,14 @@
 import assert from "node:assert/strict";
-import { buildShim, findToolchain, LIB_NAME } from "../lib/faiss/mod.ts";
-import { findCachedShim, shimSourceHash } from "../lib/faiss/build.ts";
-import { SHIM_ABI_VERSION } from "../lib/faiss/_shim_source.ts";
+import {
+  buildShim,
+  findCachedShim,
+  findToolchain,
+  LIB_NAME,
+  shimSourceHash,
+} from "../lib/index/build.ts";
+import { SHIM_ABI_VERSION } from "../lib/index/_shim_source.ts";
 
-const MOD_URL = new URL("../lib/faiss/mod.ts", import.meta.url).href;
+const MOD_URL = new URL("../lib/index/mod.ts", import.meta.url).href;
 
 // Runs a script that uses the binding in a fresh Deno process with the given environment only.
 function runBinding(code: string, env: Record<string, string>) {

@@ -1,7 +1,7 @@
 // Index files are a contract: Python FAISS (/usr/bin/python3, python3-faiss) reads what the
 // toolkit writes and the toolkit reads what Python FAISS writes, with the same search results.
 import assert from "node:assert/strict";
-import { FaissIndex } from "../lib/faiss/mod.ts";
+import { FaissIndex } from "../lib/index/mod.ts";
 
 const PYTHON = "/usr/bin/python3";
 

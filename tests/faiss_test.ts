@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { FaissIndex, getNumThreads, setNumThreads } from "../lib/faiss/mod.ts";
+import { FaissIndex, getNumThreads, setNumThreads } from "../lib/index/mod.ts";
 
 // Deterministic uniform [0, 1) floats: [n, d] row-major.
 function randomRows(n: number, d: number, seed: number): Float32Array {
@@ -371,7 +371,8 @@ Deno.test("setNumThreads changes the OpenMP thread count that getNumThreads repo
 });
 
 Deno.test("exactL2Async recomputes squared L2 to labelled rows, float32 and float16 alike", async () => {
-  const { exactL2Async, f32ArrayToF16, f16ArrayToF32 } = await import("../mod.ts");
+  const { exactL2Async } = await import("../lib/index/mod.ts");
+  const { f32ArrayToF16, f16ArrayToF32 } = await import("../lib/storage/mod.ts");
   const d = 5, rows = 40, k = 3;
   const base = Float32Array.from({ length: rows * d }, (_, i) => Math.sin(i) * 3);
   const queries = Float32Array.from({ length: 2 * d }, (_, i) => Math.cos(i));

@@ -7,7 +7,7 @@ import {
   logAddExp,
   logSoftmax,
   perplexity,
-} from "../lib/knn_math.ts";
+} from "../lib/query/knn_math.ts";
 
 Deno.test("p_kNN sums the softmax of negative distances over neighbours with the target", () => {
   const d = [1, 2, 4];

@@ -1,7 +1,8 @@
 import assert from "node:assert/strict";
-import { MappedArray } from "../lib/mmap.ts";
-import { DTYPES, encodeNpyHeader, type TypedArray } from "../lib/npy.ts";
-import { parseProcStatus, readProcStatus } from "../lib/_proc.ts";
+import { MappedArray } from "../lib/storage/mmap.ts";
+import type { ErrnoError } from "../lib/storage/_libc.ts";
+import { DTYPES, encodeNpyHeader, type TypedArray } from "../lib/storage/npy.ts";
+import { parseProcStatus, readProcStatus } from "./_proc.ts";
 import { expectedValues, fillValues } from "./_values.ts";
 
 /** Elements of any view as a plain array (numbers, or bigints for `<i8`). */
@@ -351,7 +352,8 @@ Deno.test("a path in a missing directory is refused naming the directory", () =>
       created.message,
       `${path}: cannot create: directory '${dir}/no/such' does not exist (ENOENT)`,
     );
-    assert.equal((created as Error & { code: string }).code, "ENOENT");
+    assert.equal((created as ErrnoError).code, "E_NOT_FOUND");
+    assert.equal((created as ErrnoError).errnoName, "ENOENT");
     const opened = errorOf(() => MappedArray.open(path));
     assert.match(
       opened.message,
@@ -378,7 +380,7 @@ Deno.test("a read-only file opened for writing is refused with EACCES from strer
       message = errorOf(() => MappedArray.open(path, { mode: "r+" })).message;
     } else {
       // root bypasses file permissions; drop that capability in a child process.
-      const mod = new URL("../lib/mmap.ts", import.meta.url).href;
+      const mod = new URL("../lib/storage/mmap.ts", import.meta.url).href;
       const code = `import { MappedArray } from ${JSON.stringify(mod)};
         try { MappedArray.open(${JSON.stringify(path)}, { mode: "r+" }); console.log("opened"); }
         catch (e) { console.log(e.message); }`;

@@ -7,7 +7,7 @@
  */
 import assert from "node:assert/strict";
 import * as ort from "onnxruntime-node";
-import { encodeBytes } from "../lib/tokenizer.ts";
+import { encodeBytes } from "../lib/model/tokenizer.ts";
 
 const root = new URL("../", import.meta.url);
 const MODEL = new URL("models/byte_gpt.onnx", root);

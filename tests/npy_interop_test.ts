@@ -2,9 +2,9 @@
 // toolkit writes, and the toolkit reads what np.save / open_memmap write. Needs /usr/bin/python3
 // with numpy (Debian: python3-numpy).
 import assert from "node:assert/strict";
-import { MappedArray } from "../lib/mmap.ts";
-import { type DType, DTYPES, encodeNpyHeader, type TypedArray } from "../lib/npy.ts";
-import { f16ToF32 } from "../lib/half.ts";
+import { MappedArray } from "../lib/storage/mmap.ts";
+import { type DType, DTYPES, encodeNpyHeader, type TypedArray } from "../lib/storage/npy.ts";
+import { f16ToF32 } from "../lib/storage/half.ts";
 import { expectedValues, fillValues } from "./_values.ts";
 
 const PYTHON = "/usr/bin/python3";

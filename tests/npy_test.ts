@@ -5,8 +5,8 @@ import {
   type NpyHeader,
   npyHeaderLength,
   parseNpyHeader,
-} from "../lib/npy.ts";
-import { f16ArrayToF32, f16ToF32, f32ArrayToF16, f32ToF16 } from "../lib/half.ts";
+} from "../lib/storage/npy.ts";
+import { f16ArrayToF32, f16ToF32, f32ArrayToF16, f32ToF16 } from "../lib/storage/half.ts";
 
 /** An NPY header around `dict`, padded with spaces + "\n" to `total` bytes (or 64-aligned). */
 function header(dict: string, opts: { version?: number; minor?: number; total?: number } = {}) {

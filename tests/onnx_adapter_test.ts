@@ -1,11 +1,11 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { ort } from "../lib/onnx/_ort.ts";
-import { concat, encodeLen, encodeString, encodeVarint, fields } from "../lib/onnx/_wire.ts";
-import { exposeTensors } from "../lib/onnx/expose.ts";
-import { formatModelInspection, inspectModel } from "../lib/onnx/inspect.ts";
-import { parseOnnxModel, rewriteGraphOutputs } from "../lib/onnx/model_proto.ts";
-import { OnnxLm } from "../lib/onnx/runner.ts";
+import { ort } from "../lib/model/_ort.ts";
+import { concat, encodeLen, encodeString, encodeVarint, fields } from "../lib/model/_wire.ts";
+import { exposeTensors } from "../lib/model/expose.ts";
+import { formatModelInspection, inspectModel } from "../lib/model/inspect.ts";
+import { parseOnnxModel, rewriteGraphOutputs } from "../lib/model/model_proto.ts";
+import { OnnxLm } from "../lib/model/runner.ts";
 
 const fixture = (name: string) => new URL(`./fixtures/${name}`, import.meta.url).pathname;
 const TINY = fixture("tiny_lm.onnx");

@@ -3,17 +3,15 @@ import { join } from "node:path";
 import {
   buildIndex,
   Datastore,
-  f16ArrayToF32,
-  f32ArrayToF16,
   FaissIndex,
-  gather,
-  GatherInterrupted,
+  KnnError,
   type KnnlmConfig,
   loadConfig,
   MappedArray,
   OnnxLm,
-  readManifest,
 } from "../mod.ts";
+import { f16ArrayToF32, f32ArrayToF16 } from "../lib/storage/mod.ts";
+import { gather, readManifest } from "../lib/datastore/mod.ts";
 
 const FIXTURES = new URL("./fixtures/", import.meta.url);
 const TINY = new URL("tiny_lm.onnx", FIXTURES).pathname;
@@ -161,7 +159,7 @@ Deno.test("an interrupted gather resumes to files byte-identical to an uninterru
         signal: controller.signal,
         onProgress: (p) => p.done > 500 && controller.abort(),
       }),
-      GatherInterrupted,
+      (e) => KnnError.is(e, "E_INTERRUPTED"),
     );
     const progress = JSON.parse(
       await Deno.readTextFile(join(b.config.out, "gather.progress.json")),
@@ -208,7 +206,7 @@ Deno.test("a model exported without ff_input gives the same datastore once the t
 });
 
 async function intermediateKeyName(): Promise<string> {
-  const { inspectModel } = await import("../mod.ts");
+  const { inspectModel } = await import("../lib/model/mod.ts");
   const info = await inspectModel(TINY_NOKEY);
   return info.keyCandidates[0].tensor;
 }

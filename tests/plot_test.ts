@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
-import { lambdaPlotSvg } from "../mod.ts";
-import { niceTicks } from "../lib/plot_svg.ts";
+import { lambdaPlotSvg } from "../lib/present/mod.ts";
+import { niceTicks } from "../lib/present/plot_svg.ts";
 
 Deno.test("the λ plot draws one line per mode, the base LM and each best point in the legend", () => {
   const svg = lambdaPlotSvg({

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { sampleRows } from "../lib/sample.ts";
+import { sampleRows } from "../lib/datastore/sample.ts";
 
 Deno.test("a sample has k distinct rows in ascending order within 0..n-1", () => {
   const rows = sampleRows(100_000, 5_000, 7);

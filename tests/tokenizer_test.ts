@@ -1,5 +1,10 @@
 import assert from "node:assert/strict";
-import { BYTE_VOCAB_SIZE, byteTokenLabel, decodeBytes, encodeBytes } from "../lib/tokenizer.ts";
+import {
+  BYTE_VOCAB_SIZE,
+  byteTokenLabel,
+  decodeBytes,
+  encodeBytes,
+} from "../lib/model/tokenizer.ts";
 
 Deno.test("byte tokenizer maps each UTF-8 byte to one id and decodes back to the same text", () => {
   const text = "naïve café — 東京 🙂\n\ttab";

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { planWindows } from "../lib/windows.ts";
+import { planWindows } from "../lib/model/windows.ts";
 
 function coverage(nTokens: number, seqLen: number, stride: number) {
   const plan = planWindows(nTokens, seqLen, stride);

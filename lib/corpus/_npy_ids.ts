@@ -3,7 +3,7 @@
  * layer's memory map so a large id file is not first read into a byte buffer.
  */
 
-import { MappedArray } from "../mmap.ts";
+import { MappedArray } from "../storage/mmap.ts";
 
 /** Reads a `.npy` of integer token ids (`<i4`, `<u2`, `|u1` or `<i8`) as an Int32Array. */
 export function readNpyIds(path: string): Int32Array {

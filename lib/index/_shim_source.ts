@@ -21,7 +21,7 @@ export const SHIM_ABI_VERSION = 3;
 
 /** The C++ source text, compiled by `build.ts` with `g++ -std=c++17 -fopenmp`. */
 export const SHIM_SOURCE: string = String
-  .raw`// Generated from lib/faiss/_shim_source.ts (the source of truth); do not edit.
+  .raw`// Generated from lib/index/_shim_source.ts (the source of truth); do not edit.
 // knnlm FAISS shim: C ABI over the FAISS C++ API, for Deno FFI.
 #include <faiss/Index.h>
 #include <faiss/IndexFlat.h>

@@ -5,6 +5,8 @@
  * @module
  */
 
+import { type ErrorCode, KnnError } from "../core/errors.ts";
+
 /** Symbol table for `libc.so.6`; `off_t` is 64-bit on every 64-bit Linux ABI. */
 export const LIBC_SYMBOLS = {
   // int open(const char *path, int flags, mode_t mode)
@@ -85,18 +87,31 @@ const ERRNO_NAMES: Record<number, string> = {
   95: "EOPNOTSUPP",
 };
 
-/** An errno failure of a libc call; `code` is the symbolic name, e.g. `"EACCES"`. */
-export class ErrnoError extends Error {
+/** {@linkcode KnnError} codes for the errno values that have one; the rest are `E_IO`. */
+const ERRNO_CODES: Record<string, ErrorCode> = {
+  ENOENT: "E_NOT_FOUND",
+  ENOTDIR: "E_NOT_FOUND",
+  EACCES: "E_PERMISSION",
+  EPERM: "E_PERMISSION",
+  EROFS: "E_PERMISSION",
+  ENOSPC: "E_NO_SPACE",
+  EFBIG: "E_NO_SPACE",
+  EDQUOT: "E_NO_SPACE",
+};
+
+/** An errno failure of a libc call: a {@linkcode KnnError} that also keeps the errno. */
+export class ErrnoError extends KnnError {
   /** The numeric errno. */
   readonly errno: number;
   /** Symbolic errno name such as `"ENOENT"`, or `"E<number>"` when unknown. */
-  readonly code: string;
+  readonly errnoName: string;
   /** An error with `message` for the failed call and its numeric `errno`. */
-  constructor(message: string, errno: number) {
-    super(message);
+  constructor(message: string, errno: number, path?: string) {
+    const name = ERRNO_NAMES[errno] ?? `E${errno}`;
+    super(ERRNO_CODES[name] ?? "E_IO", message, path === undefined ? {} : { path });
     this.name = "ErrnoError";
     this.errno = errno;
-    this.code = ERRNO_NAMES[errno] ?? `E${errno}`;
+    this.errnoName = name;
   }
 }
 
@@ -132,9 +147,9 @@ export function strerror(code: number): string {
 }
 
 /** An {@link ErrnoError} `"<what>: <strerror> (<ENAME>)"`; errno is read now unless given. */
-export function errnoError(what: string, code: number = errno()): ErrnoError {
-  const err = new ErrnoError("", code);
-  err.message = `${what}: ${strerror(code)} (${err.code})`;
+export function errnoError(what: string, code: number = errno(), path?: string): ErrnoError {
+  const err = new ErrnoError("", code, path);
+  err.message = `${what}: ${strerror(code)} (${err.errnoName})`;
   return err;
 }
 

@@ -12,7 +12,7 @@
  */
 
 import { join } from "node:path";
-import { readJsonIfExists, writeJsonAtomic } from "./_atomic.ts";
+import { readJsonIfExists, writeJsonAtomic } from "../core/_atomic.ts";
 
 /** Version of the datastore layout this toolkit writes and reads. */
 export const DATASTORE_FORMAT = 1;
@@ -80,7 +80,7 @@ export interface IndexParams {
 /** `datastore.json`: how a datastore was made. */
 export interface DatastoreManifest {
   /** Layout version ({@link DATASTORE_FORMAT}). */
-  format: typeof DATASTORE_FORMAT;
+  format: 1;
   /** The toolkit that wrote it. */
   toolkit: { name: string; version: string };
   /** When this file was last written (ISO 8601). */

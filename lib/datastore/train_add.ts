@@ -9,11 +9,11 @@
  * @module
  */
 
-import { FaissIndex, type Vectors } from "./faiss/mod.ts";
-import { MappedArray } from "./mmap.ts";
-import { datastorePaths, type IndexParams } from "./datastore.ts";
+import { FaissIndex, type Vectors } from "../index/mod.ts";
+import { MappedArray } from "../storage/mmap.ts";
+import { datastorePaths, type IndexParams } from "./manifest.ts";
 import { sampleRows } from "./sample.ts";
-import { removeIfExists } from "./_atomic.ts";
+import { removeIfExists } from "../core/_atomic.ts";
 import { resolve } from "node:path";
 
 /** FAISS wants at least this many training points per centroid. */

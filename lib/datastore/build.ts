@@ -8,10 +8,10 @@
  * @module
  */
 
-import { sha256File } from "./_hash.ts";
-import { removeIfExists } from "./_atomic.ts";
-import type { KnnlmConfig } from "./config.ts";
-import { loadCorpus } from "./corpus/mod.ts";
+import { sha256File } from "../core/_hash.ts";
+import { removeIfExists } from "../core/_atomic.ts";
+import type { KnnlmConfig } from "../config/config.ts";
+import { loadCorpus } from "../corpus/mod.ts";
 import {
   DATASTORE_FORMAT,
   type DatastoreManifest,
@@ -21,12 +21,12 @@ import {
   readManifest,
   refuseMismatch,
   writeManifest,
-} from "./datastore.ts";
-import { faissVersion, getNumThreads, setNumThreads } from "./faiss/mod.ts";
+} from "./manifest.ts";
+import { faissVersion, getNumThreads, setNumThreads } from "../index/mod.ts";
 import { gather, type GatherProgress } from "./gather.ts";
-import { type AddProgress, addToIndex, planIndex, trainIndex } from "./build_index.ts";
-import { OnnxLm } from "./onnx/runner.ts";
-import { TOOLKIT_NAME, TOOLKIT_VERSION, versions } from "./version.ts";
+import { type AddProgress, addToIndex, planIndex, trainIndex } from "./train_add.ts";
+import { OnnxLm } from "../model/runner.ts";
+import { TOOLKIT_NAME, TOOLKIT_VERSION, versions } from "../core/version.ts";
 
 /** A pipeline stage. */
 export type Stage = "gather" | "train" | "add";
@@ -73,7 +73,7 @@ function sameTraining(a: IndexParams | undefined, b: IndexParams): boolean {
  *
  * @example
  * ```ts ignore
- * import { buildIndex, loadConfig } from "./mod.ts";
+ * import { buildIndex, loadConfig } from "../mod.ts";
  * const { config } = loadConfig({ flags: { "max-tokens": "50000", out: "data/small" } });
  * const manifest = await buildIndex(config);
  * console.log(manifest.index?.ntotal);

@@ -53,6 +53,7 @@ export class ProgressBar {
   #lastLogPct = -1;
   #done: number;
 
+  /** A bar for `total` units of work, labelled `label`, drawn on stderr. */
   constructor(label: string, total: number, opts: ProgressOptions = {}) {
     this.#label = label;
     this.#total = total;
@@ -113,6 +114,7 @@ export class Spinner {
   #frame = 0;
   #silent: boolean;
 
+  /** A spinner labelled `label`, drawn on stderr (nothing when `silent`). */
   constructor(label: string, opts: { silent?: boolean } = {}) {
     this.#label = label;
     this.#silent = opts.silent ?? false;

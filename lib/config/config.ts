@@ -9,7 +9,8 @@
  */
 import { isAbsolute, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
-import { closest } from "./_suggest.ts";
+import { closest } from "../core/_suggest.ts";
+import { KnnError } from "../core/errors.ts";
 
 /** FAISS index parameters (reference kNN-LM defaults: IVFPQ, 2048 lists, 64-byte codes). */
 export interface IndexConfig {
@@ -85,15 +86,12 @@ export interface KnnlmConfig {
   eval: EvalConfig;
 }
 
-/** Where a configuration value came from: `"default"`, a config file path, or `"--flag"`. */
-export type ConfigSource = string;
-
 /** A resolved configuration and where each (dotted) key's value came from. */
 export interface LoadedConfig {
   /** The validated configuration. */
   config: KnnlmConfig;
   /** Dotted key (`index.nlist`) → source (`"default"`, file path, `"--nlist"`). */
-  sources: Record<string, ConfigSource>;
+  sources: Record<string, string>;
 }
 
 /** Options for {@linkcode loadConfig}. */
@@ -130,15 +128,16 @@ export interface ConfigIssue {
 }
 
 /** Thrown by {@linkcode loadConfig}; the message lists every issue, one per line. */
-export class ConfigError extends Error {
+export class ConfigError extends KnnError {
   /** Every problem found (there is at least one). */
   readonly issues: ConfigIssue[];
   /** Builds the error from its issues (message: `source: key: message` per line). */
   constructor(issues: ConfigIssue[], options?: ErrorOptions) {
     super(
+      "E_CONFIG",
       issues.map((i) => [i.source, i.key, i.message].filter((s) => s !== "").join(": "))
         .join("\n"),
-      options,
+      { cause: options?.cause, key: issues[0]?.key || undefined },
     );
     this.name = "ConfigError";
     this.issues = issues;
@@ -751,9 +750,9 @@ export function coerceFlags(
   return out;
 }
 
-/** The toolkit's root directory (this file is `lib/config.ts`), or undefined if not local. */
+/** The toolkit's root directory (this file is `lib/config/config.ts`), or undefined if not local. */
 function toolkitRoot(): string | undefined {
-  const url = new URL("..", import.meta.url);
+  const url = new URL("../..", import.meta.url);
   return url.protocol === "file:" ? fileURLToPath(url) : undefined;
 }
 
@@ -777,7 +776,7 @@ function toolkitRoot(): string | undefined {
 export function loadConfig(options: LoadConfigOptions = {}): LoadedConfig {
   const issues: ConfigIssue[] = [];
   const values = new Map<string, unknown>();
-  const sources: Record<string, ConfigSource> = {};
+  const sources: Record<string, string> = {};
   for (const { path, leaf } of LEAVES) {
     values.set(path, leaf.default);
     sources[path] = "default";
@@ -844,7 +843,7 @@ export function loadConfig(options: LoadConfigOptions = {}): LoadedConfig {
   const model = config.model as string;
   if (sources.model === "default" && !isAbsolute(model)) {
     const root = toolkitRoot();
-    config.model = root ? resolve(root, model) : new URL(`../${model}`, import.meta.url).href;
+    config.model = root ? resolve(root, model) : new URL(`../../${model}`, import.meta.url).href;
   } else if (!isAbsolute(model)) {
     config.model = resolve(Deno.cwd(), model);
   }

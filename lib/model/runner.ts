@@ -4,8 +4,8 @@
  *
  * @module
  */
-import { f16ArrayToF32 } from "../half.ts";
-import { closest } from "../_suggest.ts";
+import { f16ArrayToF32 } from "../storage/half.ts";
+import { closest } from "../core/_suggest.ts";
 import { readModelFile } from "./_files.ts";
 import { ort } from "./_ort.ts";
 import { exposeInModel, locateTensor } from "./expose.ts";

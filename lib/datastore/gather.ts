@@ -11,11 +11,12 @@
  * @module
  */
 
-import { MappedArray } from "./mmap.ts";
-import { f32ArrayToF16 } from "./half.ts";
-import { readJsonIfExists, writeJsonAtomic } from "./_atomic.ts";
-import { datastorePaths, type GatherFingerprint, refuseMismatch } from "./datastore.ts";
-import { planWindows, windowBatch } from "./windows.ts";
+import { KnnError } from "../core/errors.ts";
+import { MappedArray } from "../storage/mmap.ts";
+import { f32ArrayToF16 } from "../storage/half.ts";
+import { readJsonIfExists, writeJsonAtomic } from "../core/_atomic.ts";
+import { datastorePaths, type GatherFingerprint, refuseMismatch } from "./manifest.ts";
+import { planWindows, windowBatch } from "../model/windows.ts";
 
 /** What gathering needs from a model: its key width and a batched forward pass. */
 export interface KeyModel {
@@ -87,16 +88,17 @@ interface ProgressFile {
   rowsDone: number;
 }
 
-/** Raised when a gather stops on its signal; the checkpoint it left is resumable. */
-export class GatherInterrupted extends Error {
-  /** Rows safely on disk. */
-  readonly rowsDone: number;
-  /** `rowsDone` of `total` rows were gathered and flushed before the stop. */
-  constructor(rowsDone: number, total: number) {
-    super(`gather interrupted after ${rowsDone} of ${total} rows; run it again to resume`);
-    this.name = "GatherInterrupted";
-    this.rowsDone = rowsDone;
-  }
+/**
+ * The error a gather throws when its signal stops it: `E_INTERRUPTED`, after the checkpoint
+ * of every finished batch is on disk, so running it again resumes.
+ */
+export function gatherInterrupted(rowsDone: number, total: number, signal?: AbortSignal): KnnError {
+  const reason = signal?.reason;
+  return new KnnError(
+    "E_INTERRUPTED",
+    `gather interrupted after ${rowsDone} of ${total} rows; run it again to resume`,
+    { signal: KnnError.is(reason) ? reason.signal : undefined },
+  );
 }
 
 async function finishRenames(tmp: string, final: string) {
@@ -244,7 +246,7 @@ export async function gather(opts: GatherOptions): Promise<GatherResult> {
       opts.onProgress?.({ done: rowsDone, total: rows, resumedFrom });
       if (opts.signal?.aborted && batchesDone < nBatches) {
         await checkpoint();
-        throw new GatherInterrupted(rowsDone, rows);
+        throw gatherInterrupted(rowsDone, rows, opts.signal);
       }
     }
   } finally {

@@ -5,10 +5,10 @@
  * @module
  */
 
-import { sha256File } from "./_hash.ts";
-import { Datastore } from "./eval.ts";
+import { sha256File } from "../core/_hash.ts";
+import { Datastore } from "../datastore/datastore.ts";
 import { knnDistribution, logSoftmax } from "./knn_math.ts";
-import { OnnxLm } from "./onnx/runner.ts";
+import { OnnxLm } from "../model/runner.ts";
 
 /**
  * Opens the model a datastore was built with, refusing a file whose sha256 differs from the
@@ -91,7 +91,7 @@ export interface NextToken {
  *
  * @example
  * ```ts ignore
- * import { encodeBytes, KnnLm } from "./mod.ts";
+ * import { encodeBytes, KnnLm } from "../mod.ts";
  * using lm = await KnnLm.open({ datastore: "data/default", k: 64, lambda: 0.25 });
  * const tokens = Array.from(encodeBytes("The jury said"));
  * for (let i = 0; i < 20; i++) {

@@ -4,7 +4,7 @@
  * @module
  */
 
-import denoJson from "../deno.json" with { type: "json" };
+import denoJson from "../../deno.json" with { type: "json" };
 
 /** Package name. */
 export const TOOLKIT_NAME: string = denoJson.name;

@@ -19,6 +19,7 @@ import {
   cPath,
   ENOENT,
   errno,
+  type ErrnoError,
   errnoError,
   libc,
   MADV,
@@ -164,11 +165,11 @@ export class MappedArray<D extends DType = DType> {
     let base: Deno.PointerObject | null = null;
     try {
       if (c.ftruncate(fd, BigInt(total)) !== 0) {
-        throw errnoError(`${path}: cannot size to ${total} bytes`);
+        throw errnoError(`${path}: cannot size to ${total} bytes`, undefined, path);
       }
       if (opts.allocate) {
         const rc = c.posix_fallocate(fd, 0n, BigInt(total));
-        if (rc !== 0) throw errnoError(`${path}: cannot allocate ${total} bytes`, rc);
+        if (rc !== 0) throw errnoError(`${path}: cannot allocate ${total} bytes`, rc, path);
       }
       base = mapFile(path, fd, total, "shared");
       withBytes(base, header.length, (bytes) => bytes.set(header));
@@ -219,7 +220,7 @@ export class MappedArray<D extends DType = DType> {
       // and a file that is not NPY is reported without being mapped.
       const prefix = readAt(path, fd, 12);
       const size = Number(c.lseek(fd, 0n, SEEK_END));
-      if (size < 0) throw errnoError(`${path}: cannot determine the file size`);
+      if (size < 0) throw errnoError(`${path}: cannot determine the file size`, undefined, path);
       if (!Number.isSafeInteger(size)) throw new Error(`${path}: not a regular file`);
       // Capped: a non-NPY file's "header length" field is garbage and may be gigabytes.
       const headerBytes = Math.min(size, npyHeaderLength(prefix) ?? 12, 1 << 21);
@@ -328,7 +329,11 @@ export class MappedArray<D extends DType = DType> {
     if (to === from) return;
     const [p, len] = this.#pages(from, to);
     if (libc().msync(p, BigInt(len), MS_SYNC) !== 0) {
-      throw errnoError(`${this.path}: msync of bytes [${from}, ${to}) failed`);
+      throw errnoError(
+        `${this.path}: msync of bytes [${from}, ${to}) failed`,
+        undefined,
+        this.path,
+      );
     }
   }
 
@@ -351,7 +356,7 @@ export class MappedArray<D extends DType = DType> {
     if (to === from) return;
     const [p, len] = this.#pages(from, to);
     if (libc().madvise(p, BigInt(len), MADV[hint]) !== 0) {
-      throw errnoError(`${this.path}: madvise(${hint}) failed`);
+      throw errnoError(`${this.path}: madvise(${hint}) failed`, undefined, this.path);
     }
   }
 
@@ -392,7 +397,7 @@ export class MappedArray<D extends DType = DType> {
     const newBytes = this.dataOffset + dataBytes;
     // Grow the file before the header claims the rows; shrink it only after.
     if (newBytes > oldBytes && c.ftruncate(this.#fd, BigInt(newBytes)) !== 0) {
-      throw errnoError(`${this.path}: cannot grow to ${newBytes} bytes`);
+      throw errnoError(`${this.path}: cannot grow to ${newBytes} bytes`, undefined, this.path);
     }
     this.#invalidate();
     const base = this.#base!;
@@ -406,9 +411,9 @@ export class MappedArray<D extends DType = DType> {
       this.#fd = -1;
       throw err;
     };
-    if (synced) fail(errnoError(`${this.path}: msync of the new header failed`, synced));
+    if (synced) fail(errnoError(`${this.path}: msync of the new header failed`, synced, this.path));
     if (newBytes < oldBytes && c.ftruncate(this.#fd, BigInt(newBytes)) !== 0) {
-      fail(errnoError(`${this.path}: cannot shrink to ${newBytes} bytes`));
+      fail(errnoError(`${this.path}: cannot shrink to ${newBytes} bytes`, undefined, this.path));
     }
     try {
       this.#base = mapFile(this.path, this.#fd, newBytes, "shared");
@@ -430,10 +435,12 @@ export class MappedArray<D extends DType = DType> {
     const c = libc();
     let err: Error | undefined;
     if (this.#base !== null && c.munmap(this.#base, BigInt(this.#mapBytes)) !== 0) {
-      err = errnoError(`${this.path}: munmap failed`);
+      err = errnoError(`${this.path}: munmap failed`, undefined, this.path);
     }
     this.#base = null;
-    if (this.#fd >= 0 && c.close(this.#fd) !== 0) err ??= errnoError(`${this.path}: close failed`);
+    if (this.#fd >= 0 && c.close(this.#fd) !== 0) {
+      err ??= errnoError(`${this.path}: close failed`, undefined, this.path);
+    }
     this.#fd = -1;
     if (err) throw err;
   }
@@ -514,7 +521,7 @@ function mapFile(
     // pages. Writing through a view of such a mapping then faults (documented in the README).
     p = c.mmap(null, BigInt(bytes), PROT_READ, MAP_SHARED, fd, 0n);
   }
-  if (isMapFailed(p)) throw errnoError(`${path}: cannot map ${bytes} bytes`);
+  if (isMapFailed(p)) throw errnoError(`${path}: cannot map ${bytes} bytes`, undefined, path);
   return p!;
 }
 
@@ -527,7 +534,7 @@ function readAt(path: string, fd: number, length: number): Uint8Array<ArrayBuffe
     if (n < 0) {
       const code = errno();
       if (code === 4) continue; // EINTR
-      throw errnoError(`${path}: cannot read the header`, code);
+      throw errnoError(`${path}: cannot read the header`, code, path);
     }
     if (n === 0) break;
     got += n;
@@ -572,14 +579,14 @@ function withName<T>(path: string, fn: () => T): T {
 }
 
 /** An open/create failure; for ENOENT, say whether the directory or the file is missing. */
-function openError(path: string, what: string, code = errno()): Error {
+function openError(path: string, what: string, code = errno()): ErrnoError {
   if (code === ENOENT) {
     const dir = dirname(path);
     if (libc().access(cPath(dir), 0) !== 0) {
-      const err = errnoError(`${path}: cannot ${what}`, code);
-      err.message = `${path}: cannot ${what}: directory '${dir}' does not exist (${err.code})`;
+      const err = errnoError(`${path}: cannot ${what}`, code, path);
+      err.message = `${path}: cannot ${what}: directory '${dir}' does not exist (${err.errnoName})`;
       return err;
     }
   }
-  return errnoError(`${path}: cannot ${what}`, code);
+  return errnoError(`${path}: cannot ${what}`, code, path);
 }

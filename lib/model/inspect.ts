@@ -8,7 +8,7 @@ import { type GraphNode, type OnnxModel, parseOnnxModel, type TensorType } from 
 import { readModelFile } from "./_files.ts";
 
 /** How the runner feeds a graph input, by its name. */
-export type InputRole = "tokens" | "attention_mask" | "position_ids" | "unsupported";
+export type InputRole = InputInfo["role"];
 
 /** A graph input or output. */
 export interface TensorInfo {
@@ -23,7 +23,7 @@ export interface TensorInfo {
 /** A graph input with the role the runner gives it. */
 export interface InputInfo extends TensorInfo {
   /** `tokens` (token ids), `attention_mask` (fed all ones), `position_ids` (0..seq-1). */
-  role: InputRole;
+  role: "tokens" | "attention_mask" | "position_ids" | "unsupported";
 }
 
 /** A tensor that could be used as the kNN-LM key. */

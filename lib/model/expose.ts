@@ -5,10 +5,10 @@
  *
  * @module
  */
-import { sha256Hex } from "../_hash.ts";
+import { sha256Hex } from "../core/_hash.ts";
 import { join } from "node:path";
-import { nearest } from "../_suggest.ts";
-import { writeFileAtomic } from "../_atomic.ts";
+import { nearest } from "../core/_suggest.ts";
+import { writeFileAtomic } from "../core/_atomic.ts";
 import { readModelFile } from "./_files.ts";
 import { ort } from "./_ort.ts";
 import { parseModelAt } from "./inspect.ts";

