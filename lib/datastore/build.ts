@@ -10,7 +10,7 @@
 
 import { sha256File } from "../core/_hash.ts";
 import { removeIfExists } from "../core/_atomic.ts";
-import type { KnnlmConfig } from "../config/config.ts";
+import type { KnnlmConfig } from "../config/mod.ts";
 import { loadCorpus } from "../corpus/mod.ts";
 import {
   DATASTORE_FORMAT,
@@ -58,9 +58,10 @@ function threadsOf(config: KnnlmConfig): number {
   return config.threads > 0 ? config.threads : Math.max(1, navigator.hardwareConcurrency || 1);
 }
 
+// addChunk decides how keys are added, not what the index holds (and older manifests lack it).
 function sameParams(a: IndexParams | undefined, b: IndexParams): boolean {
   if (!a) return false;
-  return (Object.keys(b) as (keyof IndexParams)[]).every((k) => a[k] === b[k]);
+  return (Object.keys(b) as (keyof IndexParams)[]).every((k) => k === "addChunk" || a[k] === b[k]);
 }
 
 // Training does not depend on where the lists will live, so switching invlists only re-adds.

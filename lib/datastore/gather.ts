@@ -17,6 +17,7 @@ import { f32ArrayToF16 } from "../storage/half.ts";
 import { readJsonIfExists, writeJsonAtomic } from "../core/_atomic.ts";
 import { datastorePaths, type GatherFingerprint, refuseMismatch } from "./manifest.ts";
 import { planWindows, windowBatch } from "../model/windows.ts";
+import { DEFAULT_CONFIG, type KnnlmConfig } from "../config/mod.ts";
 
 /** What gathering needs from a model: its key width and a batched forward pass. */
 export interface KeyModel {
@@ -49,14 +50,14 @@ export interface GatherOptions {
   dir: string;
   /** What identifies the model and corpus in the fingerprint. */
   identity: Pick<GatherFingerprint, "modelSha256" | "keyTensor" | "corpusIdentity">;
-  /** Window length in tokens. Default 256. */
+  /** Window length in tokens. Default: `DEFAULT_CONFIG.seqLen`. */
   seqLen?: number;
-  /** Window stride in tokens. Default 128. */
+  /** Window stride in tokens. Default: `DEFAULT_CONFIG.stride`. */
   stride?: number;
-  /** Windows per model call. Default 8. */
+  /** Windows per model call. Default: `DEFAULT_CONFIG.batchSize`. */
   batchSize?: number;
-  /** Storage dtype of keys. Default "float32". */
-  keyDtype?: "float32" | "float16";
+  /** Storage dtype of keys. Default: `DEFAULT_CONFIG.keyDtype`. */
+  keyDtype?: KnnlmConfig["keyDtype"];
   /** Flush and checkpoint after at least this many rows. Default 65536. */
   checkpointRows?: number;
   /** Called after each batch. */
@@ -113,10 +114,10 @@ async function finishRenames(tmp: string, final: string) {
 /** Gathers keys and values into `dir/keys.npy` and `dir/vals.npy`, resuming if it can. */
 export async function gather(opts: GatherOptions): Promise<GatherResult> {
   const t0 = performance.now();
-  const seqLen = opts.seqLen ?? 256;
-  const stride = opts.stride ?? 128;
-  const batchSize = opts.batchSize ?? 8;
-  const keyDtype = opts.keyDtype ?? "float32";
+  const seqLen = opts.seqLen ?? DEFAULT_CONFIG.seqLen;
+  const stride = opts.stride ?? DEFAULT_CONFIG.stride;
+  const batchSize = opts.batchSize ?? DEFAULT_CONFIG.batchSize;
+  const keyDtype = opts.keyDtype ?? DEFAULT_CONFIG.keyDtype;
   const checkpointRows = opts.checkpointRows ?? 65536;
   const { tokens, model } = opts;
   const d = model.dModel;

@@ -2,7 +2,7 @@
  * Index building: train a FAISS index on a seeded sample of the keys, save it, then add every
  * key with its row number as id, in chunks read straight from the memory-mapped `keys.npy`.
  *
- * Defaults follow the reference pipeline (IVF with an IndexFlatL2 quantizer, 2048 centroids,
+ * The defaults (`DEFAULT_CONFIG.index`) follow the reference pipeline (IVF with an IndexFlatL2 quantizer, 2048 centroids,
  * 64-byte PQ codes of 8 bits, nprobe 8, 200k training keys); {@link planIndex} clamps them,
  * with warnings, when the datastore is too small for them.
  *
@@ -14,32 +14,14 @@ import { MappedArray } from "../storage/mmap.ts";
 import { datastorePaths, type IndexParams } from "./manifest.ts";
 import { sampleRows } from "./sample.ts";
 import { removeIfExists } from "../core/_atomic.ts";
+import { DEFAULT_CONFIG, type IndexConfig } from "../config/mod.ts";
 import { resolve } from "node:path";
 
 /** FAISS wants at least this many training points per centroid. */
 export const MIN_POINTS_PER_CENTROID = 39;
 
-/** Requested index settings, before clamping. */
-export interface IndexRequest {
-  /** A FAISS factory string that replaces the IVFPQ parameters (e.g. "Flat"). */
-  factory?: string | null;
-  /** IVF centroids. Default 2048. */
-  nlist?: number;
-  /** PQ code size in bytes; must divide d. Default 64. */
-  m?: number;
-  /** Bits per PQ code. Default 8. */
-  nbits?: number;
-  /** Distance. Default "l2". */
-  metric?: "l2" | "ip";
-  /** Lists probed per query. Default 8. */
-  nprobe?: number;
-  /** Training sample size. Default 200000. */
-  trainSize?: number;
-  /** Sample seed. Default 1. */
-  seed?: number;
-  /** IVF lists on disk (mapped `faiss.ivfdata`) or in memory. Default "disk". */
-  invlists?: "disk" | "memory";
-}
+/** Requested index settings, before clamping; what is absent takes `DEFAULT_CONFIG.index`. */
+export type IndexRequest = Partial<IndexConfig>;
 
 /** Fits the requested parameters to a datastore of `n` keys of width `d`. */
 export function planIndex(
@@ -48,10 +30,12 @@ export function planIndex(
   req: IndexRequest = {},
 ): { params: IndexParams; warnings: string[] } {
   const warnings: string[] = [];
-  const metric = req.metric ?? "l2";
-  const seed = req.seed ?? 1;
-  const invlists = req.invlists ?? "disk";
-  let trainSize = req.trainSize ?? 200_000;
+  const def = DEFAULT_CONFIG.index;
+  const metric = req.metric ?? def.metric;
+  const seed = req.seed ?? def.seed;
+  const invlists = req.invlists ?? def.invlists;
+  const addChunk = req.addChunk ?? def.addChunk;
+  let trainSize = req.trainSize ?? def.trainSize;
   if (n < 1) throw new Error("the datastore has no keys to index");
   if (trainSize > n) {
     warnings.push(`trainSize ${trainSize} > ${n} keys: training on all ${n} keys`);
@@ -68,15 +52,16 @@ export function planIndex(
         m: 0,
         nbits: 0,
         metric,
-        nprobe: req.nprobe ?? 8,
+        nprobe: req.nprobe ?? def.nprobe,
         trainSize,
+        addChunk,
         seed,
         invlists: ivf ? invlists : "memory",
       },
       warnings,
     };
   }
-  const m = req.m ?? 64;
+  const m = req.m ?? def.m;
   if (!(d % m === 0)) {
     const divisors = Array.from({ length: d }, (_, i) => i + 1).filter((x) => d % x === 0);
     throw new Error(
@@ -84,7 +69,7 @@ export function planIndex(
         `choose one of ${divisors.join(", ")}`,
     );
   }
-  let nlist = req.nlist ?? 2048;
+  let nlist = req.nlist ?? def.nlist;
   const maxNlist = Math.max(1, Math.floor(trainSize / MIN_POINTS_PER_CENTROID));
   if (nlist > maxNlist) {
     warnings.push(
@@ -93,7 +78,7 @@ export function planIndex(
     );
     nlist = maxNlist;
   }
-  let nbits = req.nbits ?? 8;
+  let nbits = req.nbits ?? def.nbits;
   const maxBits = Math.max(1, Math.floor(Math.log2(trainSize)));
   if (nbits > maxBits) {
     warnings.push(
@@ -109,7 +94,7 @@ export function planIndex(
         `${trainSize} available: codes will be coarse (FAISS warns too)`,
     );
   }
-  let nprobe = req.nprobe ?? 8;
+  let nprobe = req.nprobe ?? def.nprobe;
   if (nprobe > nlist) {
     warnings.push(`nprobe ${nprobe} > nlist ${nlist}: using nprobe ${nlist}`);
     nprobe = nlist;
@@ -123,6 +108,7 @@ export function planIndex(
       metric,
       nprobe,
       trainSize,
+      addChunk,
       seed,
       invlists,
     },
@@ -189,7 +175,7 @@ export interface AddOptions {
   dir: string;
   /** Parameters from {@link planIndex} (for nprobe). */
   params: IndexParams;
-  /** Keys per `add_with_ids` call. Default 65536. */
+  /** Keys per `add_with_ids` call. Default: `params.addChunk`. */
   chunk?: number;
   /** Called after every chunk. */
   onProgress?: (p: AddProgress) => void;
@@ -204,7 +190,7 @@ export interface AddOptions {
 export async function addToIndex(opts: AddOptions): Promise<{ ntotal: number; seconds: number }> {
   const t0 = performance.now();
   const paths = datastorePaths(opts.dir);
-  const chunk = opts.chunk ?? 65536;
+  const chunk = opts.chunk ?? opts.params.addChunk ?? DEFAULT_CONFIG.index.addChunk;
   using keys = MappedArray.open(paths.keys, { mode: "r", dtypes: ["<f4", "<f2"] });
   using index = FaissIndex.read(paths.trainedIndex);
   if (index.d !== keys.rowLength) {
