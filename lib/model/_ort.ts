@@ -12,6 +12,8 @@
  *
  * @module
  */
+// An import map would break loading by URL (see above), hence the inline specifier.
+// deno-lint-ignore no-import-prefix
 import * as ort from "npm:onnxruntime-node@1.30.0";
 
 const g = globalThis as { Float16Array?: unknown };
