@@ -11,6 +11,7 @@ import { isAbsolute, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { closest } from "../core/_suggest.ts";
 import { KnnError } from "../core/errors.ts";
+import { bundledModelPath } from "../model/default_model.ts";
 
 /** FAISS index parameters (reference kNN-LM defaults: IVFPQ, 2048 lists, 64-byte codes). */
 export interface IndexConfig {
@@ -843,7 +844,7 @@ export function loadConfig(options: LoadConfigOptions = {}): LoadedConfig {
   const model = config.model as string;
   if (sources.model === "default" && !isAbsolute(model)) {
     const root = toolkitRoot();
-    config.model = root ? resolve(root, model) : new URL(`../../${model}`, import.meta.url).href;
+    config.model = root ? resolve(root, model) : bundledModelPath(model); // cache path if by URL
   } else if (!isAbsolute(model)) {
     config.model = resolve(Deno.cwd(), model);
   }

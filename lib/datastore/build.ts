@@ -26,6 +26,7 @@ import { faissVersion, getNumThreads, setNumThreads } from "../index/mod.ts";
 import { gather, type GatherProgress } from "./gather.ts";
 import { type AddProgress, addToIndex, planIndex, trainIndex } from "./train_add.ts";
 import { OnnxLm } from "../model/runner.ts";
+import { ensureModelFile } from "../model/default_model.ts";
 import { TOOLKIT_NAME, TOOLKIT_VERSION, versions } from "../core/version.ts";
 
 /** A pipeline stage. */
@@ -113,6 +114,7 @@ export async function buildIndex(
       nTokens,
       totalTokens: corpus.tokens.length,
     });
+    await ensureModelFile(config.model, { signal: opts.signal }); // fetched once if by URL
     const modelSha256 = await sha256File(config.model);
     const wanted: GatherFingerprint = {
       modelSha256,

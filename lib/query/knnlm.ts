@@ -9,6 +9,7 @@ import { sha256File } from "../core/_hash.ts";
 import { Datastore } from "../datastore/datastore.ts";
 import { knnDistribution, logSoftmax } from "./knn_math.ts";
 import { OnnxLm } from "../model/runner.ts";
+import { ensureModelFile } from "../model/default_model.ts";
 
 /**
  * Opens the model a datastore was built with, refusing a file whose sha256 differs from the
@@ -20,6 +21,7 @@ export async function openDatastoreModel(
 ): Promise<OnnxLm> {
   const m = ds.manifest.model;
   const path = opts.path ?? m.path;
+  await ensureModelFile(path); // a cached bundled model that was removed is fetched again
   let sha: string;
   try {
     sha = await sha256File(path);
