@@ -213,7 +213,6 @@ export async function buildIndex(
     // Stage 2: train.
     const [n, d] = manifest.keys.shape;
     const { params, warnings } = planIndex(n, d, config.index);
-    for (const message of warnings) emit({ type: "warning", message });
     let trainedFileExists = true;
     try {
       await Deno.stat(paths.trainedIndex);
@@ -233,6 +232,8 @@ export async function buildIndex(
             `retraining from the same keys`,
         });
       }
+      // Planning warnings concern the index: said once, by the stage that trains it.
+      for (const message of warnings) emit({ type: "warning", message });
       emit({
         type: "start",
         stage: "train",
