@@ -24,13 +24,16 @@ async function permissionTable(): Promise<Map<string, string[]>> {
   return rows;
 }
 
-/** Runs `source` (with `BASE/` → the served toolkit) from a fresh folder with the README's flags. */
+/**
+ * Runs `source` (with `BASE/` → the served toolkit) in a fresh folder with the README's flags
+ * and returns the JSON it printed last; the folder (the script's own output) is then removed.
+ */
 async function runByUrl(
   served: Served,
   module: string,
   source: string,
   cacheDir: string,
-): Promise<{ json: Record<string, unknown>; dir: string }> {
+): Promise<Record<string, unknown>> {
   const flags = (await permissionTable()).get(module);
   assert.ok(flags, `README's permission table has no row for ${module}`);
   const host = new URL(served.url).host;
@@ -50,14 +53,17 @@ async function runByUrl(
     env: { KNNLM_CACHE_DIR: cacheDir, NO_COLOR: "1" },
     stdin: "null",
   }).output();
-  const stdout = new TextDecoder().decode(out.stdout);
-  const stderr = new TextDecoder().decode(out.stderr);
-  assert.ok(
-    out.success,
-    `${module} with ${flags.join(" ")} exited ${out.code}:\n${stderr.slice(-3000)}`,
-  );
-  const last = stdout.trim().split("\n").at(-1) ?? "";
-  return { json: JSON.parse(last), dir };
+  try {
+    const stdout = new TextDecoder().decode(out.stdout);
+    const stderr = new TextDecoder().decode(out.stderr);
+    assert.ok(
+      out.success,
+      `${module} with ${flags.join(" ")} exited ${out.code}:\n${stderr.slice(-3000)}`,
+    );
+    return JSON.parse(stdout.trim().split("\n").at(-1) ?? "");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 }
 
 async function withTemp<T>(f: (cacheDir: string) => Promise<T>): Promise<T> {
@@ -118,7 +124,7 @@ Deno.test("each layer imported by URL runs with exactly the flags the README lis
       cache,
     )
   );
-  assert.deepEqual(storage.json, { shape: [4, 2], sum: 36 });
+  assert.deepEqual(storage, { shape: [4, 2], sum: 36 });
 
   const corpus = await withTemp((cache) =>
     runByUrl(
@@ -130,8 +136,8 @@ Deno.test("each layer imported by URL runs with exactly the flags the README lis
       cache,
     )
   );
-  assert.equal(corpus.json.name, "brown:valid");
-  assert.ok((corpus.json.n as number) > 100_000, `Brown valid has ${corpus.json.n} tokens`);
+  assert.equal(corpus.name, "brown:valid");
+  assert.ok((corpus.n as number) > 100_000, `Brown valid has ${corpus.n} tokens`);
 
   const index = await withTemp((cache) =>
     runByUrl(
@@ -151,8 +157,8 @@ Deno.test("each layer imported by URL runs with exactly the flags the README lis
       cache,
     )
   );
-  assert.equal(index.json.ntotal, 1024);
-  assert.ok((index.json.labels as number[]).includes(5), `${index.json.labels}`);
+  assert.equal(index.ntotal, 1024);
+  assert.ok((index.labels as number[]).includes(5), `${index.labels}`);
 
   const model = await withTemp(async (cache) => {
     const r = await runByUrl(
@@ -168,15 +174,13 @@ Deno.test("each layer imported by URL runs with exactly the flags the README lis
          logits: logits.length, keys: keys.length }));`,
       cache,
     );
-    assert.ok((r.json.path as string).startsWith(join(cache, "models")), `${r.json.path}`);
+    assert.ok((r.path as string).startsWith(join(cache, "models")), `${r.path}`);
     return r;
   });
   assert.deepEqual(
-    { ...model.json, path: undefined },
+    { ...model, path: undefined },
     { path: undefined, vocab: 256, d: 192, logits: 13 * 256, keys: 13 * 192 },
   );
-
-  for (const r of [storage, corpus, index, model]) await Deno.remove(r.dir, { recursive: true });
 });
 
 Deno.test("a script without deno.json builds a datastore with the default model by URL and queries it with KnnLm", async () => {
@@ -208,26 +212,22 @@ Deno.test("a script without deno.json builds a datastore with the default model 
        }));`,
       cache,
     );
-    try {
-      const j = run.json as {
-        model: string;
-        sha256: string;
-        shape: number[];
-        ntotal: number;
-        neighbours: { row: number; distance: number }[];
-        sums: number[];
-      };
-      assert.ok(j.model.startsWith(join(cache, "models")), j.model);
-      assert.equal(j.sha256, BUNDLED_MODELS["models/byte_gpt.onnx"]);
-      assert.deepEqual(j.shape, [3999, 192]);
-      assert.equal(j.ntotal, 3999);
-      assert.equal(j.neighbours[0].row, 1023, JSON.stringify(j.neighbours));
-      assert.ok(j.neighbours[0].distance < 1e-3, `own key at distance ${j.neighbours[0].distance}`);
-      for (const s of j.sums) assert.ok(Math.abs(s - 1) < 1e-9, `sums ${j.sums}`);
-      const fetched = served.requests.filter((p) => p === "/models/byte_gpt.onnx");
-      assert.equal(fetched.length, 1, "the model is fetched once, then read from the cache");
-    } finally {
-      await Deno.remove(run.dir, { recursive: true });
-    }
+    const j = run as {
+      model: string;
+      sha256: string;
+      shape: number[];
+      ntotal: number;
+      neighbours: { row: number; distance: number }[];
+      sums: number[];
+    };
+    assert.ok(j.model.startsWith(join(cache, "models")), j.model);
+    assert.equal(j.sha256, BUNDLED_MODELS["models/byte_gpt.onnx"]);
+    assert.deepEqual(j.shape, [3999, 192]);
+    assert.equal(j.ntotal, 3999);
+    assert.equal(j.neighbours[0].row, 1023, JSON.stringify(j.neighbours));
+    assert.ok(j.neighbours[0].distance < 1e-3, `own key at distance ${j.neighbours[0].distance}`);
+    for (const s of j.sums) assert.ok(Math.abs(s - 1) < 1e-9, `sums ${j.sums}`);
+    const fetched = served.requests.filter((p) => p === "/models/byte_gpt.onnx");
+    assert.equal(fetched.length, 1, "the model is fetched once, then read from the cache");
   });
 });
