@@ -6,7 +6,7 @@
  * rather than lib/npy.ts, which lives on another branch at the time of writing.
  */
 import assert from "node:assert/strict";
-import * as ort from "onnxruntime-node";
+import { ort } from "../lib/model/_ort.ts";
 import { encodeBytes } from "../lib/model/tokenizer.ts";
 
 const root = new URL("../", import.meta.url);

@@ -7,6 +7,7 @@
  *
  * @module
  */
+import { bundledModelPath } from "../model/default_model.ts";
 import { isAbsolute, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { closest } from "../core/_suggest.ts";
@@ -201,7 +202,7 @@ export function loadConfig(options: LoadConfigOptions = {}): LoadedConfig {
   const model = config.model as string;
   if (sources.model === "default" && !isAbsolute(model)) {
     const root = toolkitRoot();
-    config.model = root ? resolve(root, model) : new URL(`../../${model}`, import.meta.url).href;
+    config.model = root ? resolve(root, model) : bundledModelPath(model); // cache path if by URL
   } else if (!isAbsolute(model)) {
     config.model = resolve(Deno.cwd(), model);
   }

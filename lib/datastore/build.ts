@@ -26,6 +26,7 @@ import { faissVersion, getNumThreads, setNumThreads } from "../index/mod.ts";
 import { gather, type GatherProgress } from "./gather.ts";
 import { type AddProgress, addToIndex, planIndex, trainIndex } from "./train_add.ts";
 import { OnnxLm } from "../model/runner.ts";
+import { ensureModelFile } from "../model/default_model.ts";
 import { TOOLKIT_NAME, TOOLKIT_VERSION, versions } from "../core/version.ts";
 
 /** A pipeline stage. */
@@ -114,6 +115,7 @@ export async function buildIndex(
       nTokens,
       totalTokens: corpus.tokens.length,
     });
+    await ensureModelFile(config.model, { signal: opts.signal }); // fetched once if by URL
     const modelSha256 = await sha256File(config.model);
     const wanted: GatherFingerprint = {
       modelSha256,
@@ -212,7 +214,6 @@ export async function buildIndex(
     // Stage 2: train.
     const [n, d] = manifest.keys.shape;
     const { params, warnings } = planIndex(n, d, config.index);
-    for (const message of warnings) emit({ type: "warning", message });
     let trainedFileExists = true;
     try {
       await Deno.stat(paths.trainedIndex);
@@ -232,6 +233,8 @@ export async function buildIndex(
             `retraining from the same keys`,
         });
       }
+      // Planning warnings concern the index: said once, by the stage that trains it.
+      for (const message of warnings) emit({ type: "warning", message });
       emit({
         type: "start",
         stage: "train",

@@ -1,11 +1,14 @@
 /** File helpers shared by the ONNX modules: reading with path-naming errors. */
 
+import { ensureModelFile } from "./default_model.ts";
+
 /**
  * Reads a model file.
  *
  * @throws Error `PATH: model file not found` (or the OS error), with the original as cause
  */
 export async function readModelFile(path: string): Promise<Uint8Array> {
+  await ensureModelFile(path); // the bundled model of a toolkit imported by URL: fetched once
   try {
     return await Deno.readFile(path);
   } catch (e) {

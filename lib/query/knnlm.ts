@@ -11,6 +11,7 @@ import { knnDistribution, logSoftmax } from "./knn_math.ts";
 import { OnnxLm } from "../model/runner.ts";
 import { DEFAULT_CONFIG } from "../config/mod.ts";
 import type { DistanceMode } from "./eval.ts";
+import { ensureModelFile } from "../model/default_model.ts";
 
 /**
  * Opens the model a datastore was built with, refusing a file whose sha256 differs from the
@@ -22,6 +23,7 @@ export async function openDatastoreModel(
 ): Promise<OnnxLm> {
   const m = ds.manifest.model;
   const path = opts.path ?? m.path;
+  await ensureModelFile(path); // a cached bundled model that was removed is fetched again
   let sha: string;
   try {
     sha = await sha256File(path);
