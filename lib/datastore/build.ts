@@ -10,6 +10,7 @@
 
 import { sha256File } from "../core/_hash.ts";
 import { removeIfExists } from "../core/_atomic.ts";
+import { fsError } from "../core/errors.ts";
 import type { KnnlmConfig } from "../config/config.ts";
 import { loadCorpus } from "../corpus/mod.ts";
 import {
@@ -113,7 +114,9 @@ export async function buildIndex(
       nTokens,
       totalTokens: corpus.tokens.length,
     });
-    const modelSha256 = await sha256File(config.model);
+    const modelSha256 = await sha256File(config.model).catch((e) => {
+      throw fsError(e, config.model, "read the model");
+    });
     const wanted: GatherFingerprint = {
       modelSha256,
       keyTensor: config.keyTensor,
