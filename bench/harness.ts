@@ -10,6 +10,7 @@
 
 import { join, resolve } from "node:path";
 import { loadCorpus } from "../lib/corpus/mod.ts";
+import { tail } from "../lib/core/_run.ts";
 import { loadAverage, machineInfo, systemCpu } from "./machine.ts";
 import { type MeasuredRun, parsePidCpuSeconds, runMeasured, USER_HZ } from "./proc.ts";
 import {
@@ -95,10 +96,6 @@ interface RunRecord {
 }
 
 type Json = Record<string, unknown>;
-
-function tail(text: string, lines = 15): string {
-  return text.trimEnd().split("\n").slice(-lines).join("\n");
-}
 
 async function removeDir(path: string) {
   try {
@@ -302,7 +299,7 @@ export async function runBench(s: BenchSettings, env: BenchEnvironment): Promise
     });
     if (run.code !== 0) {
       throw new Error(
-        `${side} ${step} failed (exit ${run.code}): ${argv.join(" ")}\n${tail(run.stderr)}`,
+        `${side} ${step} failed (exit ${run.code}): ${argv.join(" ")}\n${tail(run.stderr, 15)}`,
       );
     }
     const output = parseJsonOutput(run.stdout);
