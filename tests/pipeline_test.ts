@@ -11,7 +11,7 @@ import {
   OnnxLm,
 } from "../mod.ts";
 import { f16ArrayToF32 } from "../lib/storage/mod.ts";
-import { type DatastoreManifest, gather, readManifest } from "../lib/datastore/mod.ts";
+import { type DatastoreManifest, gather, keyModelOf, readManifest } from "../lib/datastore/mod.ts";
 import { tempDir } from "./_tmp.ts";
 
 const FIXTURES = new URL("./fixtures/", import.meta.url);
@@ -143,13 +143,8 @@ Deno.test("an interrupted gather resumes to files byte-identical to an uninterru
   await Deno.mkdir(b.config.out, { recursive: true });
   const tokens = Int32Array.from(new TextEncoder().encode(await Deno.readTextFile(a.corpus)));
   using lm = await OnnxLm.open(TINY, { keyTensor: "ff_input" });
-  const model = {
-    dModel: lm.dModel,
-    runKeys: async (t: Int32Array, n: number, s: number) =>
-      (await lm.run(t, n, s, { logits: false })).keys,
-  };
   const base = {
-    model,
+    model: keyModelOf(lm),
     tokens,
     identity: { modelSha256: "m", keyTensor: "ff_input", corpusIdentity: "c" },
     seqLen: 32,

@@ -24,7 +24,7 @@ import {
   writeManifest,
 } from "./manifest.ts";
 import { faissVersion, getNumThreads, setNumThreads } from "../index/mod.ts";
-import { gather, type GatherProgress } from "./gather.ts";
+import { gather, type GatherProgress, keyModelOf } from "./gather.ts";
 import { type AddProgress, addToIndex, planIndex, trainIndex } from "./train_add.ts";
 import { OnnxLm } from "../model/runner.ts";
 import { TOOLKIT_NAME, TOOLKIT_VERSION, versions } from "../core/version.ts";
@@ -156,10 +156,7 @@ export async function buildIndex(
       }
       emit({ type: "start", stage: "gather", detail: `${nTokens} tokens` });
       const g = await gather({
-        model: {
-          dModel: model.dModel,
-          runKeys: async (t, b, s) => (await model.run(t, b, s, { logits: false })).keys,
-        },
+        model: keyModelOf(model),
         tokens,
         dir,
         identity: { modelSha256, keyTensor: config.keyTensor, corpusIdentity: corpus.identity },
