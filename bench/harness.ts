@@ -12,7 +12,13 @@ import { join, resolve } from "node:path";
 import { loadCorpus } from "../lib/corpus/mod.ts";
 import { tail } from "../lib/core/_run.ts";
 import { loadAverage, machineInfo, systemCpu } from "./machine.ts";
-import { type MeasuredRun, parsePidCpuSeconds, runMeasured, USER_HZ } from "./proc.ts";
+import {
+  type MeasuredRun,
+  type MemoryPeaks,
+  parsePidCpuSeconds,
+  runMeasured,
+  USER_HZ,
+} from "./proc.ts";
 import {
   type BenchChecks,
   type BenchResults,
@@ -80,18 +86,13 @@ export interface BenchEnvironment {
   log: (line: string) => void;
 }
 
-/** A measured process, as recorded in the results. */
-interface RunRecord {
+/** A measured process, as recorded in the results: its memory peaks and CPU time, and more. */
+interface RunRecord extends MemoryPeaks {
   rep: number;
   side: Side;
   step: "build" | "eval" | "compare";
   command: string[];
   wallSeconds: number;
-  peakHwm?: number;
-  peakRssAnon?: number;
-  peakRss?: number;
-  samples: number;
-  cpuSeconds?: number;
   output: unknown;
 }
 
