@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { buildIndex, Datastore, evaluate, KnnLm, loadConfig, MappedArray, OnnxLm } from "../mod.ts";
 import { tempDir } from "./_tmp.ts";
+import { maxAbsDiff } from "./_close.ts";
 
 const TINY = new URL("./fixtures/tiny_lm.onnx", import.meta.url).pathname;
 const L = 32;
@@ -65,13 +66,6 @@ function bruteForceNeighbours(keys: MappedArray, query: ArrayLike<number>): [num
     dist.push([s, j]);
   }
   return dist.sort((a, b) => a[0] - b[0]);
-}
-
-function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  assert.equal(a.length, b.length);
-  let m = 0;
-  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i] - b[i]));
-  return m;
 }
 
 Deno.test("with an exact index, the LM, p_kNN, the λ sweep and the best λ equal a brute-force computation", async () => {

@@ -8,6 +8,7 @@ import { parseOnnxModel, rewriteGraphOutputs } from "../lib/model/model_proto.ts
 import { OnnxLm } from "../lib/model/runner.ts";
 import { KnnError } from "../lib/core/errors.ts";
 import { tempDir } from "./_tmp.ts";
+import { maxAbsDiff } from "./_close.ts";
 
 const fixture = (name: string) => new URL(`./fixtures/${name}`, import.meta.url).pathname;
 const TINY = fixture("tiny_lm.onnx");
@@ -32,13 +33,6 @@ const golden = {
 async function sha256(path: string): Promise<string> {
   const d = await crypto.subtle.digest("SHA-256", await Deno.readFile(path));
   return Array.from(new Uint8Array(d), (b) => b.toString(16).padStart(2, "0")).join("");
-}
-
-function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  assert.equal(a.length, b.length);
-  let m = 0;
-  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i] - b[i]));
-  return m;
 }
 
 Deno.test("inspectModel lists inputs, outputs and ranks ff_input first among key candidates", async () => {

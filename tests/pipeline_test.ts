@@ -13,6 +13,7 @@ import {
 import { f16ArrayToF32 } from "../lib/storage/mod.ts";
 import { type DatastoreManifest, gather, keyModelOf, readManifest } from "../lib/datastore/mod.ts";
 import { tempDir } from "./_tmp.ts";
+import { maxAbsDiff } from "./_close.ts";
 
 const FIXTURES = new URL("./fixtures/", import.meta.url);
 const TINY = new URL("tiny_lm.onnx", FIXTURES).pathname;
@@ -47,13 +48,6 @@ async function setup(dir: string, n = 1200, extra: Record<string, unknown> = {})
   };
   const { config } = loadConfig({ flags });
   return { config, corpus };
-}
-
-function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  assert.equal(a.length, b.length);
-  let m = 0;
-  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i] - b[i]));
-  return m;
 }
 
 function bytes(path: string) {
