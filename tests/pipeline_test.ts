@@ -50,6 +50,33 @@ async function setup(dir: string, n = 1200, extra: Record<string, unknown> = {})
   return { config, corpus };
 }
 
+/**
+ * Runs buildIndex in a child process with its own working directory and environment (global
+ * to a process, so not to be changed in this one while other test modules run beside it).
+ */
+async function buildInChild(
+  config: KnnlmConfig,
+  opts: { cwd: string; env?: Record<string, string> },
+): Promise<DatastoreManifest> {
+  const child = await new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "--allow-all",
+      "--quiet",
+      "--config",
+      new URL("../deno.json", import.meta.url).pathname,
+      new URL("build_index.ts", FIXTURES).pathname,
+      JSON.stringify(config),
+    ],
+    cwd: opts.cwd,
+    env: opts.env,
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  assert.equal(child.code, 0, new TextDecoder().decode(child.stderr));
+  return JSON.parse(new TextDecoder().decode(child.stdout));
+}
+
 function bytes(path: string) {
   return Deno.readFileSync(path);
 }
@@ -191,7 +218,12 @@ Deno.test("a model exported without ff_input gives the same datastore once the t
     },
   });
   await buildIndex(a.config);
-  await buildIndex(nokey);
+  // The edited copy of the model goes to this test's own cache, not the user's.
+  const cache = join(a.dir, "cache");
+  await buildInChild(nokey, { cwd: a.dir, env: { KNNLM_CACHE_DIR: cache } });
+  const edited = [...Deno.readDirSync(join(cache, "onnx"))].map((e) => e.name);
+  assert.equal(edited.length, 1, edited.join());
+  assert.match(edited[0], /^[0-9a-f]{64}\.onnx$/);
   using want = MappedArray.open(join(a.config.out, "keys.npy"));
   using got = MappedArray.open(join(nokey.out, "keys.npy"));
   assert.deepEqual(got.shape, want.shape);
@@ -290,25 +322,8 @@ Deno.test("on-disk inverted lists live in faiss.ivfdata, survive a move and read
   const mem = loadConfig({
     flags: { ...configFlags(config), out: join(dir, "mem"), invlists: "memory" },
   }).config;
-  // Built with a relative --out: the name FAISS records must still work from elsewhere. A
-  // child process builds from `dir` as its working directory, since this process's working
-  // directory is shared with the test modules that run beside this one.
-  const child = await new Deno.Command(Deno.execPath(), {
-    args: [
-      "run",
-      "--allow-all",
-      "--quiet",
-      "--config",
-      new URL("../deno.json", import.meta.url).pathname,
-      new URL("build_in_cwd.ts", FIXTURES).pathname,
-      JSON.stringify({ ...config, out: "ds" }),
-    ],
-    cwd: dir,
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  assert.equal(child.code, 0, new TextDecoder().decode(child.stderr));
-  const m: DatastoreManifest = JSON.parse(new TextDecoder().decode(child.stdout));
+  // Built with a relative --out: the name FAISS records must still work from elsewhere.
+  const m = await buildInChild({ ...config, out: "ds" }, { cwd: dir });
   assert.equal(m.index?.invlists, "disk");
   const ivfdata = await Deno.stat(join(config.out, "faiss.ivfdata"));
   const index = await Deno.stat(join(config.out, "faiss.index"));
