@@ -23,6 +23,7 @@ import {
   LIB_ENV,
 } from "../lib/index/build.ts";
 import { faissLibraryPath, faissVersion } from "../lib/index/mod.ts";
+import { runSync } from "../lib/core/_run.ts";
 
 const INSTALL_CMD = `sudo apt-get update && sudo apt-get install -y ${APT_PACKAGES.join(" ")}`;
 const TEST_PACKAGES = ["python3-numpy", "python3-faiss"];
@@ -55,19 +56,10 @@ function isDebianLike(): boolean {
   }
 }
 
-function succeeds(cmd: string, args: string[]): boolean {
-  try {
-    return new Deno.Command(cmd, { args, stdout: "null", stderr: "null", stdin: "null" })
-      .outputSync().success;
-  } catch {
-    return false;
-  }
-}
-
 // Root runs apt-get directly; others only with passwordless sudo (never prompts).
 function aptPrefix(): string[] | null {
   if (Deno.uid() === 0) return [];
-  if (succeeds("sudo", ["-n", "true"])) return ["sudo", "-n"];
+  if (runSync("sudo", ["-n", "true"]).ok) return ["sudo", "-n"];
   return null;
 }
 
@@ -113,7 +105,7 @@ function installOrExit(reason: string): void {
 
 // The interop tests read our files with numpy and Python FAISS (Debian's python3-*).
 function ensureTestDeps(noInstall: boolean): void {
-  if (succeeds(TEST_PYTHON, ["-c", "import numpy, faiss"])) {
+  if (runSync(TEST_PYTHON, ["-c", "import numpy, faiss"]).ok) {
     note(`test interop: ${TEST_PYTHON} has numpy and faiss`);
     return;
   }
@@ -123,7 +115,7 @@ function ensureTestDeps(noInstall: boolean): void {
   if (prefix === null) fail(reason, cmd);
   say(`${reason}; installing ${TEST_PACKAGES.join(" ")} with apt-get`);
   aptInstall(prefix, TEST_PACKAGES);
-  if (!succeeds(TEST_PYTHON, ["-c", "import numpy, faiss"])) fail(`${reason} after install`, cmd);
+  if (!runSync(TEST_PYTHON, ["-c", "import numpy, faiss"]).ok) fail(`${reason} after install`, cmd);
 }
 
 function describe(tc: FaissToolchain): string {

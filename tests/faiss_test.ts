@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
-import { FaissIndex, getNumThreads, setNumThreads } from "../lib/index/mod.ts";
+import { FaissIndex } from "../lib/index/mod.ts";
+import { tempDir } from "./_tmp.ts";
 
 // Deterministic uniform [0, 1) floats: [n, d] row-major.
 function randomRows(n: number, d: number, seed: number): Float32Array {
@@ -306,7 +307,8 @@ Deno.test("FAISS errors surface as JS errors carrying FAISS's own message", () =
     () => FaissIndex.factory(8, "IVF4,Bogus"),
     /faiss index_factory\(8, "IVF4,Bogus"\): .*could not parse/,
   );
-  const missing = `${Deno.makeTempDirSync()}/no_such.index`;
+  using tmp = tempDir("knnlm_faiss_test_");
+  const missing = `${tmp.path}/no_such.index`;
   assert.throws(
     () => FaissIndex.read(missing),
     (e: Error) =>
@@ -358,16 +360,26 @@ Deno.test("an index busy with an async call refuses close and modification until
   assert.equal(index.ntotal, 0);
 });
 
-Deno.test("setNumThreads changes the OpenMP thread count that getNumThreads reports", () => {
-  const before = getNumThreads();
-  assert.ok(before >= 1);
-  try {
-    setNumThreads(1);
-    assert.equal(getNumThreads(), 1);
-  } finally {
-    setNumThreads(before);
-  }
-  assert.throws(() => setNumThreads(0), /n must be an integer/);
+Deno.test("setNumThreads changes the OpenMP thread count that getNumThreads reports", async () => {
+  // In a child process: the count is global to a process that other test modules share.
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "--allow-all",
+      "--quiet",
+      new URL("./fixtures/faiss_threads.ts", import.meta.url).pathname,
+    ],
+    env: { OMP_NUM_THREADS: "2" },
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  assert.equal(out.code, 0, new TextDecoder().decode(out.stderr));
+  const r = JSON.parse(new TextDecoder().decode(out.stdout));
+  assert.equal(r.before, 2, "OpenMP's count from OMP_NUM_THREADS");
+  assert.equal(r.one, 1);
+  assert.equal(r.three, 3);
+  assert.match(r.refused, /n must be an integer/);
+  assert.equal(r.after, 3, "a refused count changes nothing");
 });
 
 Deno.test("exactL2Async recomputes squared L2 to labelled rows, float32 and float16 alike", async () => {

@@ -1,13 +1,35 @@
+/**
+ * The toolkit's cache directory, shared by every cache it keeps (compiled FAISS shims under
+ * `faiss-shim/`, edited ONNX models under `onnx/`): `$KNNLM_CACHE_DIR`, else
+ * `$XDG_CACHE_HOME/knnlm`, else `~/.cache/knnlm`. An empty variable counts as unset.
+ *
+ * @module
+ */
+
+import { homedir, tmpdir } from "node:os";
 import { join } from "node:path";
 
+function env(name: string): string | undefined {
+  const v = Deno.env.get(name);
+  return v === undefined || v === "" ? undefined : v;
+}
+
 /**
- * The toolkit's cache root: `$KNNLM_CACHE_DIR`, else `$XDG_CACHE_HOME/knnlm`, else
- * `~/.cache/knnlm`. Edited ONNX models, compiled FAISS shims and (when the toolkit is imported
- * by URL) the bundled model live in sub-folders of it. Reading it needs `--allow-env`.
+ * The cache root. Without `$HOME`, the home directory comes from the user database; without
+ * that either (a bare container user), the system temp directory stands in for it.
  */
 export function cacheRoot(): string {
-  const env = (k: string) => Deno.env.get(k) || undefined;
+  const explicit = env("KNNLM_CACHE_DIR");
+  if (explicit) return explicit;
   const xdg = env("XDG_CACHE_HOME");
-  return env("KNNLM_CACHE_DIR") ?? (xdg ? join(xdg, "knnlm") : undefined) ??
-    join(env("HOME") ?? Deno.cwd(), ".cache", "knnlm");
+  if (xdg) return join(xdg, "knnlm");
+  let home = env("HOME");
+  if (!home) {
+    try {
+      home = homedir() || undefined;
+    } catch {
+      home = undefined;
+    }
+  }
+  return join(home ?? tmpdir(), ".cache", "knnlm");
 }

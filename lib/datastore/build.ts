@@ -10,6 +10,7 @@
 
 import { sha256File } from "../core/_hash.ts";
 import { removeIfExists } from "../core/_atomic.ts";
+import { fsError } from "../core/errors.ts";
 import type { KnnlmConfig } from "../config/mod.ts";
 import { loadCorpus } from "../corpus/mod.ts";
 import {
@@ -23,7 +24,7 @@ import {
   writeManifest,
 } from "./manifest.ts";
 import { faissVersion, getNumThreads, setNumThreads } from "../index/mod.ts";
-import { gather, type GatherProgress } from "./gather.ts";
+import { gather, type GatherProgress, keyModelOf } from "./gather.ts";
 import { type AddProgress, addToIndex, planIndex, trainIndex } from "./train_add.ts";
 import { OnnxLm } from "../model/runner.ts";
 import { ensureModelFile } from "../model/default_model.ts";
@@ -116,7 +117,9 @@ export async function buildIndex(
       totalTokens: corpus.tokens.length,
     });
     await ensureModelFile(config.model, { signal: opts.signal }); // fetched once if by URL
-    const modelSha256 = await sha256File(config.model);
+    const modelSha256 = await sha256File(config.model).catch((e) => {
+      throw fsError(e, config.model, "read the model");
+    });
     const wanted: GatherFingerprint = {
       modelSha256,
       keyTensor: config.keyTensor,
@@ -156,10 +159,7 @@ export async function buildIndex(
       }
       emit({ type: "start", stage: "gather", detail: `${nTokens} tokens` });
       const g = await gather({
-        model: {
-          dModel: model.dModel,
-          runKeys: async (t, b, s) => (await model.run(t, b, s, { logits: false })).keys,
-        },
+        model: keyModelOf(model),
         tokens,
         dir,
         identity: { modelSha256, keyTensor: config.keyTensor, corpusIdentity: corpus.identity },

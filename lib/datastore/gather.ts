@@ -30,6 +30,31 @@ export interface KeyModel {
   runKeys(tokens: Int32Array, batch: number, seq: number): Promise<Float32Array>;
 }
 
+/** A model that can run without computing logits, as `OnnxLm` does with `{ logits: false }`. */
+export interface KeysOnlyRunner {
+  /** Width of a key row. */
+  readonly dModel: number;
+  /** Runs `[batch, seq]` tokens and returns at least the keys `[batch, seq, dModel]`. */
+  run(
+    tokens: Int32Array,
+    batch: number,
+    seq: number,
+    options: { logits: false },
+  ): Promise<{ keys: Float32Array }>;
+}
+
+/**
+ * The {@linkcode KeyModel} of an LM such as `OnnxLm`: each call runs the model fetching only
+ * the key tensor, not the logits.
+ */
+export function keyModelOf(lm: KeysOnlyRunner): KeyModel {
+  return {
+    dModel: lm.dModel,
+    runKeys: async (tokens, batch, seq) =>
+      (await lm.run(tokens, batch, seq, { logits: false })).keys,
+  };
+}
+
 /** Progress of a gather, reported after every batch. */
 export interface GatherProgress {
   /** Rows written so far, including those from an earlier run. */

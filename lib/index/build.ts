@@ -10,6 +10,8 @@
  */
 
 import { sha256Hex } from "../core/_hash.ts";
+import { cacheRoot } from "../core/_cache.ts";
+import { runSync as run, tail } from "../core/_run.ts";
 import { SHIM_ABI_VERSION, SHIM_SOURCE } from "./_shim_source.ts";
 
 /** Environment variable naming an already built shim library; it overrides the cache. */
@@ -66,16 +68,6 @@ function isFile(path: string): boolean {
   }
 }
 
-function run(cmd: string, args: string[]): { ok: boolean; stdout: string; stderr: string } {
-  try {
-    const out = new Deno.Command(cmd, { args, stdout: "piped", stderr: "piped" }).outputSync();
-    const dec = new TextDecoder();
-    return { ok: out.success, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
-  } catch (e) {
-    return { ok: false, stdout: "", stderr: e instanceof Error ? e.message : String(e) };
-  }
-}
-
 function multiarch(): string {
   return Deno.build.arch === "aarch64" ? "aarch64-linux-gnu" : "x86_64-linux-gnu";
 }
@@ -87,10 +79,7 @@ function prefixes(): string[] {
 
 /** The cache root for compiled shims: `<cache>/faiss-shim`. */
 export function shimCacheRoot(): string {
-  const base = env("KNNLM_CACHE_DIR") ??
-    (env("XDG_CACHE_HOME") ? `${env("XDG_CACHE_HOME")}/knnlm` : undefined) ??
-    `${env("HOME") ?? "/tmp"}/.cache/knnlm`;
-  return `${base}/faiss-shim`;
+  return `${cacheRoot()}/faiss-shim`;
 }
 
 /** Looks for a C++ compiler, the FAISS headers and the FAISS library; runs no install. */
@@ -371,8 +360,4 @@ function exists(path: string): boolean {
   } catch {
     return false;
   }
-}
-
-function tail(text: string, lines = 20): string {
-  return text.trimEnd().split("\n").slice(-lines).join("\n");
 }

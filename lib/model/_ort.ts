@@ -25,8 +25,4 @@ try {
   if (saved) Object.defineProperty(globalThis, "Float16Array", saved);
 }
 
-/** Whether float16 tensors use `Uint16Array` (true once the guard above has run). */
-export const FLOAT16_AS_UINT16: boolean =
-  new ort.Tensor("float16", new Uint16Array(1), [1]).data instanceof Uint16Array;
-
 export { ort };

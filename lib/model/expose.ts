@@ -43,7 +43,7 @@ export interface ExposedModel {
   created: boolean;
 }
 
-/** The default cache directory for edited models. */
+/** The default cache directory for edited models: `onnx/` in the toolkit's cache root. */
 export function defaultOnnxCacheDir(): string {
   return join(cacheRoot(), "onnx");
 }
