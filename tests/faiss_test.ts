@@ -1,5 +1,28 @@
 import assert from "node:assert/strict";
-import { FaissIndex, getNumThreads, setNumThreads } from "../lib/index/mod.ts";
+import { type ErrorCode, KnnError } from "../lib/core/errors.ts";
+import { FaissIndex } from "../lib/index/mod.ts";
+
+// The KnnError code of what fn throws (or its promise rejects with).
+async function codeOf(fn: () => unknown): Promise<ErrorCode> {
+  try {
+    await fn();
+  } catch (e) {
+    assert.ok(e instanceof KnnError, `expected a KnnError, got ${e}`);
+    return e.code;
+  }
+  assert.fail("expected an error");
+}
+
+// The thrown KnnError itself (sync).
+function errorOf(fn: () => unknown): KnnError {
+  try {
+    fn();
+  } catch (e) {
+    assert.ok(e instanceof KnnError, `expected a KnnError, got ${e}`);
+    return e;
+  }
+  assert.fail("expected an error");
+}
 
 // Deterministic uniform [0, 1) floats: [n, d] row-major.
 function randomRows(n: number, d: number, seed: number): Float32Array {
@@ -99,14 +122,16 @@ Deno.test("IVFPQ with nprobe = nlist finds each stored vector as its own nearest
   });
 });
 
-Deno.test("nprobe reaches the IVF index through IDMap and PreTransform wrappers", () => {
+Deno.test("nprobe reaches the IVF index through IDMap and PreTransform wrappers", async () => {
   using index = FaissIndex.factory(8, "IDMap,PCA4,IVF4,Flat");
   assert.equal(index.nprobe, 1);
   index.nprobe = 3;
   assert.equal(index.nprobe, 3);
   using flat = FaissIndex.factory(8, "Flat");
-  assert.throws(() => flat.nprobe, /nprobe applies only to IVF indexes; this index is .*IndexFlat/);
-  assert.throws(() => (index.nprobe = 0), /nprobe must be an integer/);
+  const e = errorOf(() => flat.nprobe);
+  assert.equal(e.code, "E_NATIVE");
+  assert.ok(e.message.includes("IndexFlat"), e.message);
+  assert.equal(await codeOf(() => (index.nprobe = 0)), "E_CONFIG");
 });
 
 Deno.test("add numbers vectors sequentially and addWithIds keeps the given ids", () => {
@@ -124,10 +149,9 @@ Deno.test("add numbers vectors sequentially and addWithIds keeps the given ids",
   const ids = BigInt64Array.from([1000n, 2000n, 3000n, 9_007_199_254_740_993n, -5n]);
   mapped.addWithIds(a, ids);
   assert.deepEqual([...mapped.search(a, 1).labels], [...ids]);
-  assert.throws(
-    () => seq.addWithIds(a, ids),
-    /faiss add_with_ids: .*add_with_ids not implemented for this type of index/,
-  );
+  const e = errorOf(() => seq.addWithIds(a, ids));
+  assert.equal(e.code, "E_NATIVE");
+  assert.ok(e.message.includes("add_with_ids not implemented"), `FAISS's message: ${e.message}`);
 });
 
 Deno.test("a search for more neighbours than stored vectors pads labels with -1", () => {
@@ -207,11 +231,11 @@ Deno.test("async train, add, addWithIds and search match their sync forms", asyn
   const queries = randomRows(10, d, 12);
   const ids = BigInt64Array.from({ length: 1_000 }, (_, i) => BigInt(i) + 10_000n);
   using syncIndex = FaissIndex.factory(d, "IDMap,IVF8,Flat");
-  syncIndex.train(data, 800);
+  syncIndex.train(data, { n: 800 });
   syncIndex.addWithIds(data, ids);
   syncIndex.nprobe = 8;
   using asyncIndex = FaissIndex.factory(d, "IDMap,IVF8,Flat");
-  await asyncIndex.trainAsync(data, 800);
+  await asyncIndex.trainAsync(data, { n: 800 });
   await asyncIndex.addWithIdsAsync(data, ids);
   asyncIndex.nprobe = 8;
   const [a, b] = await Promise.all([
@@ -250,7 +274,7 @@ Deno.test("write then read (with and without mmap) gives identical search result
     using mapped = FaissIndex.read(path, { mmap: true });
     assert.equal(mapped.type, "faiss::IndexIVFPQ");
     assert.deepEqual(mapped.search(queries, 5), expected);
-    assert.throws(() => mapped.add(data), /faiss add: .*read_only/);
+    assert.equal(await codeOf(() => mapped.add(data)), "E_NATIVE");
 
     await index.writeAsync(`${dir}/again.index`);
     assert.deepEqual(Deno.readFileSync(`${dir}/again.index`), Deno.readFileSync(path));
@@ -259,75 +283,90 @@ Deno.test("write then read (with and without mmap) gives identical search result
   }
 });
 
-Deno.test("shape errors are caught in TypeScript with messages naming the problem", () => {
+Deno.test("shape errors are caught in TypeScript as E_CONFIG naming the problem", async () => {
   using index = FaissIndex.factory(4, "Flat");
-  assert.throws(
-    () => index.add(new Float32Array(7)),
-    /add: array length 7 is not a multiple of d = 4/,
-  );
-  assert.throws(() => index.add(new Float32Array(0)), /add: no vectors/);
-  assert.throws(
-    () => index.search(new Float32Array(4), 0),
-    /search: k must be an integer in 1\.\./,
-  );
-  assert.throws(() => index.search(new Float32Array(4), 1.5), /k must be an integer/);
-  assert.throws(
-    () => index.addWithIds(new Float32Array(8), new BigInt64Array(3)),
-    /addWithIds: 3 ids for 2 vectors/,
-  );
-  assert.throws(() => index.train(new Float32Array(8), 3), /train: n = 3 but only 2 rows/);
-  assert.throws(
-    () =>
-      index.add({ pointer: Deno.UnsafePointer.of(new Float32Array(4))!, n: 0, dtype: "float32" }),
-    /add: n must be an integer/,
-  );
-  assert.throws(
-    () => index.add(new Float64Array(4) as unknown as Float32Array),
-    /vectors must be a Float32Array/,
-  );
-  assert.throws(() => FaissIndex.ivfpq({ d: 10, nlist: 4, m: 3 }), /m \(3\) must divide d \(10\)/);
-  assert.throws(() => FaissIndex.factory(0, "Flat"), /d must be an integer/);
+  const bad: [string, () => unknown, string][] = [
+    ["length 7", () => index.add(new Float32Array(7)), "array length 7 is not a multiple of d = 4"],
+    ["empty", () => index.add(new Float32Array(0)), "no vectors"],
+    ["k 0", () => index.search(new Float32Array(4), 0), "k must be an integer in 1.."],
+    ["k 1.5", () => index.search(new Float32Array(4), 1.5), "k must be an integer"],
+    [
+      "ids",
+      () => index.addWithIds(new Float32Array(8), new BigInt64Array(3)),
+      "3 ids for 2 vectors",
+    ],
+    ["n > rows", () => index.train(new Float32Array(8), { n: 3 }), "n = 3 but only 2 rows"],
+    [
+      "pointer n 0",
+      () =>
+        index.add({ pointer: Deno.UnsafePointer.of(new Float32Array(4))!, n: 0, dtype: "float32" }),
+      "n must be an integer",
+    ],
+    [
+      "float64",
+      () => index.add(new Float64Array(4) as unknown as Float32Array),
+      "vectors must be a Float32Array",
+    ],
+    ["m | d", () => FaissIndex.ivfpq({ d: 10, nlist: 4, m: 3 }), "m (3) must divide d (10)"],
+    ["d 0", () => FaissIndex.factory(0, "Flat"), "d must be an integer"],
+  ];
+  for (const [name, fn, says] of bad) {
+    const e = errorOf(fn);
+    assert.equal(e.code, "E_CONFIG", name);
+    assert.ok(e.message.includes(says), `${name}: ${e.message}`);
+  }
+  assert.equal(await codeOf(() => index.searchAsync(new Float32Array(3), 1)), "E_CONFIG");
 });
 
 Deno.test("adding to an untrained IVF index throws before calling FAISS", async () => {
   using index = FaissIndex.ivfpq({ d: 8, nlist: 4, m: 2 });
-  assert.throws(
-    () => index.add(new Float32Array(8)),
-    /add: index is not trained; call train\(\) first/,
+  assert.equal(await codeOf(() => index.add(new Float32Array(8))), "E_USAGE");
+  assert.equal(
+    await codeOf(() => index.addWithIdsAsync(new Float32Array(8), new BigInt64Array(1))),
+    "E_USAGE",
   );
-  await assert.rejects(
-    index.addWithIdsAsync(new Float32Array(8), new BigInt64Array(1)),
-    /addWithIdsAsync: index is not trained/,
-  );
+  assert.equal(index.ntotal, 0);
 });
 
-Deno.test("FAISS errors surface as JS errors carrying FAISS's own message", () => {
-  assert.throws(
-    () => FaissIndex.factory(8, "IVF4,Bogus"),
-    /faiss index_factory\(8, "IVF4,Bogus"\): .*could not parse/,
-  );
-  const missing = `${Deno.makeTempDirSync()}/no_such.index`;
-  assert.throws(
-    () => FaissIndex.read(missing),
-    (e: Error) =>
-      e.message.startsWith(`${missing}: faiss read_index`) && /could not open/.test(e.message),
-  );
+Deno.test("FAISS errors are E_NATIVE with FAISS's own message; a missing file is E_NOT_FOUND", () => {
+  const e = errorOf(() => FaissIndex.factory(8, "IVF4,Bogus"));
+  assert.equal(e.code, "E_NATIVE");
+  assert.ok(e.message.includes("could not parse"), `FAISS's message: ${e.message}`);
+  const dir = Deno.makeTempDirSync({ prefix: "knnlm_faiss_test_" });
+  try {
+    const missing = `${dir}/no_such.index`;
+    const nf = errorOf(() => FaissIndex.read(missing));
+    assert.equal(nf.code, "E_NOT_FOUND");
+    assert.equal(nf.path, missing);
+    assert.ok(nf.message.startsWith(`${missing}: `), nf.message);
+    Deno.writeTextFileSync(`${dir}/junk.index`, "not an index");
+    const junk = errorOf(() => FaissIndex.read(`${dir}/junk.index`));
+    assert.equal(junk.code, "E_CORRUPT");
+    assert.equal(junk.path, `${dir}/junk.index`);
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
 });
 
-Deno.test("every method throws after close, and close is idempotent", async () => {
+Deno.test("every method throws E_USAGE after close, and close is idempotent", async () => {
   const index = FaissIndex.factory(2, "Flat");
   index.add(new Float32Array([1, 2]));
   index.close();
   index.close();
   assert.equal(index.closed, true);
   const q = new Float32Array([1, 2]);
-  assert.throws(() => index.search(q, 1), /search: index is closed/);
-  assert.throws(() => index.add(q), /add: index is closed/);
-  assert.throws(() => index.ntotal, /ntotal: index is closed/);
-  assert.throws(() => index.d, /d: index is closed/);
-  assert.throws(() => index.write("/tmp/never.index"), /write: index is closed/);
-  assert.throws(() => index.reset(), /reset: index is closed/);
-  await assert.rejects(index.searchAsync(q, 1), /searchAsync: index is closed/);
+  const calls: [string, () => unknown][] = [
+    ["search", () => index.search(q, 1)],
+    ["add", () => index.add(q)],
+    ["ntotal", () => index.ntotal],
+    ["d", () => index.d],
+    ["write", () => index.write("/tmp/never.index")],
+    ["reset", () => index.reset()],
+    ["onDiskLists", () => index.onDiskLists],
+    ["searchAsync", () => index.searchAsync(q, 1)],
+    ["trainAsync", () => index.trainAsync(q)],
+  ];
+  for (const [name, call] of calls) assert.equal(await codeOf(call), "E_USAGE", name);
 });
 
 Deno.test("an index busy with an async call refuses close and modification until it settles", async () => {
@@ -335,39 +374,40 @@ Deno.test("an index busy with an async call refuses close and modification until
   using index = FaissIndex.factory(d, "Flat");
   index.add(randomRows(2_000, d, 15));
   const pending = index.searchAsync(randomRows(200, d, 16), 5);
-  assert.throws(
-    () => index.close(),
-    /cannot close while searchAsync is in progress; await it first/,
-  );
-  assert.throws(
-    () => index.add(new Float32Array(d)),
-    /add: searchAsync is in progress on this index/,
-  );
+  assert.equal(await codeOf(() => index.close()), "E_USAGE");
+  assert.equal(await codeOf(() => index.add(new Float32Array(d))), "E_USAGE");
   const concurrent = index.searchAsync(new Float32Array(d), 1);
   const result = await pending;
   await concurrent;
   assert.equal(result.labels.length, 1_000);
   const adding = index.addAsync(new Float32Array(d));
-  await assert.rejects(
-    index.searchAsync(new Float32Array(d), 1),
-    /searchAsync: addAsync is in progress/,
-  );
+  assert.equal(await codeOf(() => index.searchAsync(new Float32Array(d), 1)), "E_USAGE");
   await adding;
   assert.equal(index.ntotal, 2_001);
   index.reset();
   assert.equal(index.ntotal, 0);
 });
 
-Deno.test("setNumThreads changes the OpenMP thread count that getNumThreads reports", () => {
-  const before = getNumThreads();
-  assert.ok(before >= 1);
-  try {
-    setNumThreads(1);
-    assert.equal(getNumThreads(), 1);
-  } finally {
-    setNumThreads(before);
-  }
-  assert.throws(() => setNumThreads(0), /n must be an integer/);
+Deno.test("setNumThreads changes the OpenMP thread count that getNumThreads reports", async () => {
+  // FAISS's thread count is process-wide: change it in a child process, not under the other
+  // test files that share this one.
+  const mod = new URL("../lib/index/mod.ts", import.meta.url).href;
+  const code = `import { getNumThreads, setNumThreads } from ${JSON.stringify(mod)};
+    const before = getNumThreads();
+    setNumThreads(before === 1 ? 2 : 1);
+    let rejected = "";
+    try { setNumThreads(0); } catch (e) { rejected = e.code; }
+    console.log(JSON.stringify({ before, after: getNumThreads(), rejected }));`;
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["eval", "--quiet", code],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  assert.equal(out.code, 0, new TextDecoder().decode(out.stderr));
+  const r = JSON.parse(new TextDecoder().decode(out.stdout));
+  assert.ok(r.before >= 1);
+  assert.equal(r.after, r.before === 1 ? 2 : 1);
+  assert.equal(r.rejected, "E_CONFIG");
 });
 
 Deno.test("exactL2Async recomputes squared L2 to labelled rows, float32 and float16 alike", async () => {
@@ -403,22 +443,22 @@ Deno.test("exactL2Async recomputes squared L2 to labelled rows, float32 and floa
   );
   const widened = f16ArrayToF32(half);
   Array.from(f16).forEach((x, i) => assert.ok(close(x, want(widened)[i]), `f16 ${i}`));
-  await assert.rejects(
+  const outOfRange = await codeOf(() =>
     exactL2Async(
       queries,
       { pointer: Deno.UnsafePointer.of(base)!, rows: 39, d, dtype: "float32" },
       labels,
       k,
-    ),
-    /exactL2: label 39 >= 39 base rows/,
+    )
   );
-  await assert.rejects(
+  assert.equal(outOfRange, "E_NATIVE"); // label 39 of 39 rows: caught natively, not read
+  const wrongK = await codeOf(() =>
     exactL2Async(
       queries,
       { pointer: Deno.UnsafePointer.of(base)!, rows, d, dtype: "float32" },
       labels,
       4,
-    ),
-    /expected 2×4 = 8 labels, got 6/,
+    )
   );
+  assert.equal(wrongK, "E_CONFIG");
 });
