@@ -462,3 +462,233 @@ Deno.test("exactL2Async recomputes squared L2 to labelled rows, float32 and floa
   );
   assert.equal(wrongK, "E_CONFIG");
 });
+
+// Runs TypeScript in a child Deno process; returns its exit, stdout and stderr.
+async function child(code: string, env: Record<string, string> = {}) {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["eval", "--quiet", code],
+    env,
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const text = (b: Uint8Array) => new TextDecoder().decode(b);
+  return { code: out.code, signal: out.signal, stdout: text(out.stdout), stderr: text(out.stderr) };
+}
+
+const INDEX_MOD = JSON.stringify(new URL("../lib/index/mod.ts", import.meta.url).href);
+
+Deno.test("on-disk lists grow, write and read back without a line of FAISS output, searching like in-memory lists", async () => {
+  const dir = Deno.makeTempDirSync({ prefix: "knnlm_faiss_quiet_" });
+  try {
+    // 3000 keys for PQ codebooks of 256 centroids: FAISS would print its clustering warning
+    // once per sub-quantizer; every add would print "resizing …/faiss.ivfdata"; every read with
+    // IO_FLAG_ONDISK_SAME_DIR "updating ondisk filename".
+    const r = await child(`
+      import { FaissIndex } from ${INDEX_MOD};
+      const d = 16, n = 3000, dir = ${JSON.stringify(dir)};
+      let s = 1;
+      const x = new Float32Array(n * d).map(() => (s = (s * 16807) % 2147483647) / 2147483647);
+      const build = async (ondisk) => {
+        const ix = FaissIndex.ivfpq({ d, nlist: 32, m: 4, nbits: 8 });
+        const { warnings } = await ix.trainAsync(x);
+        if (ondisk) ix.useOnDiskLists(dir + "/faiss.ivfdata");
+        for (let i = 0; i < n; i += 250) await ix.addAsync(x.subarray(i * d, (i + 250) * d));
+        ix.add(x.subarray(0, 7 * d));
+        ix.nprobe = 32;
+        return { ix, warnings };
+      };
+      const mem = await build(false);
+      const disk = await build(true);
+      disk.ix.write(dir + "/faiss.index");
+      const lists = disk.ix.onDiskLists;
+      Deno.mkdirSync(dir + "/moved");
+      Deno.renameSync(dir + "/faiss.index", dir + "/moved/faiss.index");
+      Deno.renameSync(dir + "/faiss.ivfdata", dir + "/moved/faiss.ivfdata");
+      const back = FaissIndex.read(dir + "/moved/faiss.index", { readOnly: true });
+      const q = x.subarray(0, 50 * d);
+      const res = (ix) => { const r = ix.search(q, 4); return [[...r.labels].map(Number), [...r.distances]]; };
+      Deno.writeTextFileSync(dir + "/result.json", JSON.stringify({
+        warnings: disk.warnings, lists, backLists: back.onDiskLists, ntotal: back.ntotal,
+        mem: res(mem.ix), disk: res(disk.ix), back: res(back),
+      }));
+    `);
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.stdout, "", "nothing on stdout");
+    assert.equal(r.stderr, "", "nothing on stderr");
+    const out = JSON.parse(Deno.readTextFileSync(`${dir}/result.json`));
+    assert.equal(out.ntotal, 3007);
+    assert.deepEqual(out.disk, out.mem, "on-disk lists search like in-memory lists");
+    assert.deepEqual(out.back, out.mem, "read back from the moved directory");
+    assert.equal(out.warnings.length, 1, "one warning for the 4 PQ sub-quantizers");
+    assert.ok(out.warnings[0].includes("PQ codebooks"), out.warnings[0]);
+    assert.equal(out.lists.path, `${dir}/faiss.ivfdata`);
+    assert.equal(out.backLists.path, `${dir}/moved/faiss.ivfdata`);
+    assert.equal(out.backLists.readOnly, true);
+    assert.ok(out.lists.bytesUsed >= 3007 * (4 + 8), "codes and ids of every key are stored");
+    assert.ok(out.lists.bytesMapped >= out.lists.bytesUsed);
+    assert.equal(Deno.statSync(`${dir}/moved/faiss.ivfdata`).size, out.lists.bytesMapped);
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
+
+Deno.test("training with enough vectors reports no warnings; a small sample reports each clustering once", () => {
+  const d = 8;
+  using big = FaissIndex.ivfpq({ d, nlist: 4, m: 2, nbits: 4 });
+  assert.deepEqual(big.train(randomRows(1_000, d, 21)).warnings, []);
+  using small = FaissIndex.ivfpq({ d, nlist: 16, m: 2, nbits: 6 });
+  const { warnings } = small.train(randomRows(200, d, 22));
+  assert.equal(warnings.length, 2, warnings.join("\n"));
+  assert.ok(warnings[0].startsWith("coarse quantizer (nlist 16): 200 training vectors"));
+  assert.ok(warnings[1].startsWith("PQ codebooks (2 × 64 centroids): 200 training vectors"));
+});
+
+Deno.test("aborting trainAsync stops k-means and rejects with the signal's reason; the index trains again afterwards", async () => {
+  // 80k vectors into 2048 lists: each k-means iteration searches 80k × 2048 × 32 (25 of them),
+  // far longer than the moment the abort comes; FAISS checks between 4096-query blocks.
+  const d = 32, nlist = 2048;
+  const data = randomRows(nlist * 39, d, 23);
+  using index = FaissIndex.factory(d, `IVF${nlist},Flat`);
+  const reason = new KnnError("E_INTERRUPTED", "interrupted by SIGTERM", { signal: "SIGTERM" });
+  const ac = new AbortController();
+  const training = index.trainAsync(data, { signal: ac.signal });
+  setTimeout(() => ac.abort(reason), 50);
+  await assert.rejects(training, (e) => e === reason);
+  assert.equal(index.isTrained, false);
+
+  const plain = new AbortController();
+  plain.abort("stop");
+  assert.equal(
+    await codeOf(() => index.trainAsync(data, { signal: plain.signal })),
+    "E_INTERRUPTED",
+  );
+
+  // The interrupted k-means left no centroids behind: a retrain trains the quantizer anew (with
+  // as many vectors as lists, FAISS takes them as the centroids) and matches a fresh index.
+  const first = data.subarray(0, nlist * d);
+  using fresh = FaissIndex.factory(d, `IVF${nlist},Flat`);
+  fresh.train(first);
+  index.train(first);
+  fresh.add(first);
+  index.add(first);
+  fresh.nprobe = index.nprobe = 4;
+  const q = data.subarray(0, 20 * d);
+  assert.deepEqual(index.search(q, 3), fresh.search(q, 3));
+});
+
+Deno.test("aborting addAsync stops at a 65536-row slice boundary with E_INTERRUPTED", async () => {
+  const d = 16, nlist = 1024, n = 10 * 65_536;
+  const data = randomRows(n, d, 24);
+  using index = FaissIndex.factory(d, `IVF${nlist},Flat`);
+  index.train(data.subarray(0, nlist * d)); // n == nlist: FAISS copies the points as centroids
+  const ac = new AbortController();
+  const adding = index.addAsync(data, { signal: ac.signal });
+  setTimeout(() => ac.abort(), 20);
+  assert.equal(await codeOf(() => adding), "E_INTERRUPTED");
+  const kept = index.ntotal;
+  assert.ok(kept < n, `stopped early (${kept} of ${n})`);
+  assert.equal(kept % 65_536, 0, "whole slices only");
+});
+
+// Each of `parts` gets a copy of the trained index (written and read back) filled with its
+// contiguous range of rows.
+function shardsOf(trained: FaissIndex, data: Float32Array, d: number, parts: number, dir: string) {
+  trained.write(`${dir}/trained.index`);
+  const n = data.length / d;
+  return Array.from({ length: parts }, (_, p) => {
+    const shard = FaissIndex.read(`${dir}/trained.index`);
+    const [a, b] = [Math.floor((p * n) / parts), Math.floor(((p + 1) * n) / parts)];
+    shard.addWithIds(
+      data.subarray(a * d, b * d),
+      BigInt64Array.from({ length: b - a }, (_, i) => BigInt(a + i)),
+    );
+    return shard;
+  });
+}
+
+Deno.test("mergeOnDisk builds one exactly sized on-disk index whose results equal a one-index build", async () => {
+  const d = 16, nlist = 32, m = 8, n = 12_000;
+  const dir = Deno.makeTempDirSync({ prefix: "knnlm_faiss_merge_" });
+  try {
+    const data = randomRows(n, d, 25);
+    using trained = FaissIndex.ivfpq({ d, nlist, m, nbits: 8 });
+    trained.train(data);
+    using whole = FaissIndex.read((trained.write(`${dir}/t0.index`), `${dir}/t0.index`));
+    whole.add(data);
+    whole.nprobe = nlist;
+
+    const shards = shardsOf(trained, data, d, 3, dir);
+    using merged = await FaissIndex.mergeOnDisk({
+      trained,
+      shards,
+      ivfdata: `${dir}/faiss.ivfdata`,
+    });
+    shards.forEach((s) => s.close());
+    assert.equal(merged.ntotal, n);
+    merged.nprobe = nlist;
+    const q = randomRows(40, d, 26);
+    assert.deepEqual(merged.search(q, 10), whole.search(q, 10));
+
+    const entry = m + 8; // PQ code bytes + int64 id
+    const size = Deno.statSync(`${dir}/faiss.ivfdata`).size;
+    assert.ok(size <= 1.05 * n * entry + 4096 * nlist, `faiss.ivfdata is ${size} bytes`);
+    assert.equal(size, n * entry, "each list sized exactly");
+    assert.deepEqual(merged.onDiskLists, {
+      path: `${dir}/faiss.ivfdata`,
+      bytesUsed: n * entry,
+      bytesMapped: n * entry,
+      readOnly: false,
+    });
+
+    // Written and read back; shards given as paths (mapped, not loaded) merge the same.
+    merged.write(`${dir}/faiss.index`);
+    using back = FaissIndex.read(`${dir}/faiss.index`, { readOnly: true });
+    back.nprobe = nlist;
+    assert.deepEqual(back.search(q, 10), whole.search(q, 10));
+    const paths = shardsOf(trained, data, d, 3, dir).map((s, i) => {
+      s.write(`${dir}/shard${i}.index`);
+      s.close();
+      return `${dir}/shard${i}.index`;
+    });
+    using fromPaths = await FaissIndex.mergeOnDisk({
+      trained,
+      shards: paths,
+      ivfdata: `${dir}/b.ivfdata`,
+    });
+    fromPaths.nprobe = nlist;
+    assert.deepEqual(fromPaths.search(q, 10), whole.search(q, 10));
+    assert.deepEqual(
+      Deno.readFileSync(`${dir}/b.ivfdata`),
+      Deno.readFileSync(`${dir}/faiss.ivfdata`),
+    );
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
+
+Deno.test("mergeOnDisk refuses shards from another training with E_MISMATCH and leaves no file", async () => {
+  const d = 8;
+  const dir = Deno.makeTempDirSync({ prefix: "knnlm_faiss_merge_" });
+  try {
+    using trained = FaissIndex.ivfpq({ d, nlist: 4, m: 2, nbits: 4 });
+    trained.train(randomRows(1_000, d, 27));
+    using other = FaissIndex.ivfpq({ d, nlist: 4, m: 2, nbits: 4 });
+    other.train(randomRows(1_000, d, 28));
+    other.add(randomRows(100, d, 29));
+    const e = await codeOf(() =>
+      FaissIndex.mergeOnDisk({ trained, shards: [other], ivfdata: `${dir}/x.ivfdata` })
+    );
+    assert.equal(e, "E_MISMATCH");
+    assert.deepEqual([...Deno.readDirSync(dir)], []);
+    assert.equal(other.ntotal, 100, "shards are unchanged");
+    using flat = FaissIndex.factory(d, "Flat");
+    assert.equal(
+      await codeOf(() =>
+        FaissIndex.mergeOnDisk({ trained: flat, shards: [other], ivfdata: `${dir}/y` })
+      ),
+      "E_NATIVE",
+    );
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
