@@ -5,7 +5,7 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { buildIndex, Datastore, KnnError, loadConfig } from "../mod.ts";
-import { type ErrorCode } from "../lib/core/errors.ts";
+import type { ErrorCode } from "../lib/core/errors.ts";
 import { FaissIndex, faissLibraryPath } from "../lib/index/mod.ts";
 
 const ROOT = Deno.uid() === 0;
