@@ -240,7 +240,7 @@ export async function buildIndex(
         stage: "train",
         detail: `${params.factory} on ${params.trainSize} keys, ${threads} threads`,
       });
-      const t = await trainIndex({ dir, params });
+      const t = await trainIndex({ dir, params, signal: opts.signal });
       manifest = { ...manifest, trained: { ...params, warnings, seconds: t.seconds } };
       delete manifest.index;
       await removeIfExists(paths.index);

@@ -80,7 +80,9 @@ export class Datastore implements Disposable {
       if (vals.rows !== n) {
         throw new Error(`${paths.vals}: ${vals.rows} rows, datastore.json says ${n}`);
       }
-      index = FaissIndex.read(paths.index, { mmap: opts.mmapIndex ?? false });
+      // Queries only read: on-disk lists are opened read-only, so a datastore the user may read
+      // but not write (another user's, a read-only mount) can be searched.
+      index = FaissIndex.read(paths.index, { mmap: opts.mmapIndex ?? false, readOnly: true });
       if (index.ntotal !== n || index.d !== d) {
         throw new Error(
           `${paths.index}: holds ${index.ntotal} vectors of dimension ${index.d}; ` +

@@ -91,7 +91,7 @@ export function planIndex(
   if (trainSize < pqWants) {
     warnings.push(
       `PQ codebooks of ${2 ** nbits} entries want ≥ ${pqWants} training keys; ` +
-        `${trainSize} available: codes will be coarse (FAISS warns too)`,
+        `${trainSize} available: codes will be coarse`,
     );
   }
   let nprobe = req.nprobe ?? def.nprobe;
@@ -135,13 +135,20 @@ export interface TrainIndexOptions {
   dir: string;
   /** Parameters from {@link planIndex}. */
   params: IndexParams;
+  /**
+   * Stops training at FAISS's next k-means check (within seconds) and rejects with the signal's
+   * reason (a `KnnError` `E_INTERRUPTED` from the CLI); nothing is written.
+   */
+  signal?: AbortSignal;
 }
 
 /**
  * Trains an empty index on a seeded sample of keys (read in ascending row order) and writes
  * it to `faiss.trained.index`, so adding can restart without training again.
  */
-export async function trainIndex(opts: TrainIndexOptions): Promise<{ seconds: number }> {
+export async function trainIndex(
+  opts: TrainIndexOptions,
+): Promise<{ seconds: number; warnings: string[] }> {
   const t0 = performance.now();
   const paths = datastorePaths(opts.dir);
   using keys = MappedArray.open(paths.keys, { mode: "r", dtypes: ["<f4", "<f2"] });
@@ -154,11 +161,14 @@ export async function trainIndex(opts: TrainIndexOptions): Promise<{ seconds: nu
   keys.advise("random");
   for (let i = 0; i < rows.length; i++) sample.set(keys.view(rows[i], rows[i] + 1), i * d);
   using index = newIndex(d, opts.params);
-  await index.trainAsync(
+  // warnings: FAISS's clustering warnings for a small sample, one line each (FAISS itself
+  // would print one per PQ sub-quantizer).
+  const { warnings } = await index.trainAsync(
     sample instanceof Uint16Array ? { dtype: "float16", data: sample } : sample,
+    { signal: opts.signal },
   );
-  await index.write(paths.trainedIndex);
-  return { seconds: (performance.now() - t0) / 1000 };
+  index.write(paths.trainedIndex);
+  return { seconds: (performance.now() - t0) / 1000, warnings };
 }
 
 /** Progress of {@link addToIndex}. */
@@ -179,7 +189,10 @@ export interface AddOptions {
   chunk?: number;
   /** Called after every chunk. */
   onProgress?: (p: AddProgress) => void;
-  /** Stops between chunks (nothing is written; adding restarts from the trained index). */
+  /**
+   * Stops at the next 65 536-row slice of a chunk (nothing is written; adding restarts from the
+   * trained index).
+   */
   signal?: AbortSignal;
 }
 
@@ -218,10 +231,10 @@ export async function addToIndex(opts: AddOptions): Promise<{ ntotal: number; se
     const end = Math.min(n, start + chunk);
     const ids = new BigInt64Array(end - start);
     for (let i = 0; i < ids.length; i++) ids[i] = BigInt(start + i);
-    await index.addWithIdsAsync(vectorsOf(keys, start, end), ids);
+    await index.addWithIdsAsync(vectorsOf(keys, start, end), ids, { signal: opts.signal });
     opts.onProgress?.({ done: end, total: n });
   }
   if (opts.params.nlist > 0) index.nprobe = opts.params.nprobe;
-  await index.write(paths.index);
+  index.write(paths.index);
   return { ntotal: index.ntotal, seconds: (performance.now() - t0) / 1000 };
 }

@@ -9,6 +9,7 @@
  * @module
  */
 
+import { KnnError } from "../core/errors.ts";
 import { sha256Hex } from "../core/_hash.ts";
 import { cacheRoot } from "../core/_cache.ts";
 import { runSync as run, tail } from "../core/_run.ts";
@@ -236,7 +237,8 @@ export function buildShim(opts: BuildShimOptions = {}): ShimBuild {
   const root = opts.cacheRoot ?? shimCacheRoot();
   const key = shimKey(tc);
   if (tc.missing.length > 0 || !key || !tc.compiler || !tc.library || !tc.includeDir) {
-    throw new Error(
+    throw new KnnError(
+      "E_SETUP",
       `cannot compile the FAISS shim: missing ${tc.missing.join(", ")}\n` +
         `  searched: ${tc.searched.join(", ")}`,
     );
@@ -269,7 +271,8 @@ export function buildShim(opts: BuildShimOptions = {}): ShimBuild {
     ];
     const c = run(tc.compiler, compileArgs);
     if (!c.ok) {
-      throw new Error(
+      throw new KnnError(
+        "E_SETUP",
         `compiling the FAISS shim failed: ${tc.compiler} ${compileArgs.join(" ")}\n${
           tail(c.stderr)
         }`,
@@ -342,7 +345,10 @@ function linkShim(compiler: string, library: string, obj: string, out: string): 
     if (r.ok) return blas;
     errors.push(`${compiler} ${args.join(" ")}\n${tail(r.stderr)}`);
   }
-  throw new Error(`linking the FAISS shim failed:\n${errors.join("\n")}`);
+  throw new KnnError(
+    "E_SETUP",
+    `linking the FAISS shim failed:\n${errors.join("\n")}`,
+  );
 }
 
 function readRecord(dir: string): { linkFlags?: string[] } | null {
