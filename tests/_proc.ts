@@ -58,3 +58,48 @@ export function parseProcStatus(text: string, name = "/proc/self/status"): ProcS
   }
   return out as ProcStatus;
 }
+
+/** Result of {@link runSampled}. */
+export interface SampledRun {
+  /** Exit code of the child. */
+  code: number;
+  /** Its stdout and stderr, as text. */
+  stdout: string;
+  /** Its stderr. */
+  stderr: string;
+  /** Largest `RssAnon` seen while it ran (bytes). */
+  peakRssAnon: number;
+}
+
+/**
+ * Runs a command and samples its `/proc/<pid>/status` every `intervalMs` until it exits;
+ * returns its output and the largest `RssAnon` seen (a spike shorter than the interval can be
+ * missed; the V8 heap does not shrink that fast).
+ */
+export async function runSampled(
+  cmd: string,
+  args: string[],
+  intervalMs = 10,
+): Promise<SampledRun> {
+  const child = new Deno.Command(cmd, { args, stdout: "piped", stderr: "piped" }).spawn();
+  let peak = 0;
+  let done = false;
+  const sampler = (async () => {
+    while (!done) {
+      try {
+        peak = Math.max(peak, readProcStatus({ pid: child.pid }).rssAnon);
+      } catch { /* exited between samples */ }
+      await new Promise((r) => setTimeout(r, intervalMs));
+    }
+  })();
+  const out = await child.output();
+  done = true;
+  await sampler;
+  const dec = new TextDecoder();
+  return {
+    code: out.code,
+    stdout: dec.decode(out.stdout),
+    stderr: dec.decode(out.stderr),
+    peakRssAnon: peak,
+  };
+}
