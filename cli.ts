@@ -15,13 +15,7 @@ import {
   loadConfig,
 } from "./lib/config/mod.ts";
 import { loadCorpus } from "./lib/corpus/mod.ts";
-import {
-  byteTokenLabel,
-  decodeBytes,
-  encodeBytes,
-  formatModelInspection,
-  inspectModel,
-} from "./lib/model/mod.ts";
+import { describeTokenizer, formatModelInspection, inspectModel } from "./lib/model/mod.ts";
 import { setNumThreads } from "./lib/index/mod.ts";
 import {
   buildIndex,
@@ -32,7 +26,7 @@ import {
   readManifest,
   type Stage,
 } from "./lib/datastore/mod.ts";
-import { evaluate, KnnLm, openDatastoreModel } from "./lib/query/mod.ts";
+import { evaluate, KnnLm, openDatastoreModel, openDatastoreTokenizer } from "./lib/query/mod.ts";
 import {
   formatCount,
   formatDuration,
@@ -280,6 +274,9 @@ Prints what datastore.json records about a datastore: model, corpus, shapes, ind
     `            sha256 ${
       m.model.sha256.slice(0, 16)
     }…, key '${m.model.keyTensor}', d=${m.model.dModel}, vocab ${m.model.vocabSize}`,
+    `tokenizer   ${m.tokenizer ? describeTokenizer(m.tokenizer) : "UTF-8 bytes (vocab 256)"}${
+      m.tokenizer?.path ? `: ${m.tokenizer.path}` : ""
+    }`,
     `corpus      ${m.corpus.spec} (${m.corpus.name}): ${m.corpus.nTokens} of ${m.corpus.totalTokens} tokens`,
     `keys        ${m.keys.file} ${m.keys.dtype} [${m.keys.shape}]`,
     `vals        ${m.vals.file} ${m.vals.dtype} [${m.vals.shape}]`,
@@ -321,6 +318,7 @@ const EVAL_FLAGS = {
   ...COMMON,
   config: { type: "string", short: "c" },
   datastore: { type: "string", short: "d" },
+  tokenizer: { type: "string" },
   corpus: { type: "string" },
   "max-tokens": { type: "string" },
   k: { type: "string" },
@@ -346,6 +344,8 @@ recomputed exactly from keys.npy (the paper's default).
 Options:
   -d, --datastore DIR    datastore directory (required)
       --corpus SPEC      brown:test (default), brown:valid, or a text/.npy/.bin path
+      --tokenizer PATH   the datastore's tokenizer.json, if it moved (default: the path
+                         in datastore.json; any other tokenizer is refused)
       --max-tokens N     cap on evaluated tokens (default 100000)
       --k N              neighbours per query (default 1024)
       --nprobe N         lists probed per query (default: the datastore's)
@@ -379,8 +379,10 @@ Options:
   using ds = await Datastore.open(values.datastore, {
     nprobe: values.nprobe ? config.index.nprobe : undefined,
   });
+  const tokenizer = await openDatastoreTokenizer(ds, { path: values.tokenizer });
   using model = await openDatastoreModel(ds, { threads: config.threads || undefined });
-  const corpus = await loadCorpus(config.eval.corpus);
+  const signal = interruptSignal();
+  const corpus = await loadCorpus(config.eval.corpus, { tokenizer, encode: { signal } });
   const tokens = corpus.tokens.subarray(
     0,
     Math.min(corpus.tokens.length, config.eval.maxTokens ?? Infinity),
@@ -405,7 +407,7 @@ Options:
       bar ??= new ProgressBar("eval", p.total, { unit: "tok", silent: json });
       bar.update(p.done);
     },
-    signal: interruptSignal(),
+    signal,
   });
   bar?.finish();
   if (values.plot) {
@@ -450,6 +452,7 @@ const NEIGHBOR_FLAGS = {
   ...COMMON,
   datastore: { type: "string", short: "d" },
   text: { type: "string", short: "t" },
+  tokenizer: { type: "string" },
   k: { type: "string" },
   lambda: { type: "string" },
   nprobe: { type: "string" },
@@ -482,7 +485,9 @@ Options:
       --lambda L        interpolation weight (default 0.25)
       --nprobe N        lists probed (default: the datastore's)
       --distance MODE   exact (default) or faiss
-      --context N       bytes of corpus text shown before each neighbour (default 60)
+      --tokenizer PATH  the datastore's tokenizer.json, if it moved (default: the path
+                        in datastore.json; any other tokenizer is refused)
+      --context N       characters of corpus text shown before each neighbour (default 60)
       --json            print the result as JSON`);
   }
   if (!values.datastore || values.text === undefined) {
@@ -507,20 +512,22 @@ Options:
     lambda,
     distance,
     nprobe: values.nprobe ? intFlag("nprobe", values.nprobe, 8) : undefined,
+    tokenizer: values.tokenizer,
   });
-  const context = encodeBytes(values.text);
-  const next = await knn.next(context);
+  const tok = knn.tokenizer;
+  const next = await knn.next(values.text);
+  // The last `width` tokens before the neighbour, cut to the last `width` characters.
   const neighbours = next.neighbours.map((n) => ({
     row: n.row,
     distance: n.distance,
-    next: byteTokenLabel(n.token),
-    context: decodeBytes(knn.corpusTokens(n.row - width + 1, n.row + 1)),
+    next: tok.tokenLabel(n.token),
+    context: tok.decode(knn.corpusTokens(n.row - width + 1, n.row + 1)).slice(-width),
   }));
   const top = (p: Float64Array) =>
     Array.from(p.keys()).filter((t) => p[t] > 0).sort((a, b) => p[b] - p[a]).slice(0, 5).map((
       t,
     ) => ({
-      token: byteTokenLabel(t),
+      token: tok.tokenLabel(t),
       p: p[t],
     }));
   const result = {

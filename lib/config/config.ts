@@ -60,6 +60,11 @@ export interface EvalConfig {
 export interface KnnlmConfig {
   /** ONNX causal LM. The built-in default is resolved against the toolkit's directory. */
   model: string;
+  /**
+   * Hugging Face `tokenizer.json` (or a folder holding one) for text corpora, resolved to an
+   * absolute path; `null` encodes text as UTF-8 bytes.
+   */
+  tokenizer: string | null;
   /** Tensor whose rows are the keys: a graph output or any intermediate tensor name. */
   keyTensor: string;
   /** Graph output holding the logits `[batch, seq, vocab]`. */
@@ -185,6 +190,12 @@ const SCHEMA: Schema = {
     kind: "string",
     default: "models/byte_gpt.onnx",
     doc: "ONNX causal LM (default: the toolkit's bundled model)",
+  },
+  tokenizer: {
+    kind: "string",
+    nullable: true,
+    default: null,
+    doc: "tokenizer.json, or a folder holding one (null: UTF-8 bytes)",
   },
   keyTensor: {
     kind: "string",
@@ -846,6 +857,10 @@ export function loadConfig(options: LoadConfigOptions = {}): LoadedConfig {
     config.model = root ? resolve(root, model) : new URL(`../../${model}`, import.meta.url).href;
   } else if (!isAbsolute(model)) {
     config.model = resolve(Deno.cwd(), model);
+  }
+  const tokenizer = config.tokenizer as string | null;
+  if (tokenizer !== null && !isAbsolute(tokenizer)) {
+    config.tokenizer = resolve(Deno.cwd(), tokenizer);
   }
   return { config: config as unknown as KnnlmConfig, sources };
 }
