@@ -66,6 +66,11 @@ const LAYOUTS: Layout[] = [
       "use_cache_branch:use_cache_branch",
     ],
   },
+  {
+    name: "wide_vocab",
+    key: /h\.0\/ln_2\//,
+    inputs: ["input_ids:tokens", "attention_mask:attention_mask"],
+  },
 ];
 
 function npy(path: string): { data: Float32Array | Int32Array; shape: number[] } {
@@ -118,7 +123,7 @@ async function bruteForce(model: OnnxLm, dsDir: string, tokens: Int32Array, k: n
     const { logits, keys: q } = await model.run(tokens.slice(start, start + len), 1, len);
     const row = i - start;
     const lo = Array.from(logits.subarray(row * V, row * V + V));
-    const mx = Math.max(...lo);
+    const mx = lo.reduce((a, b) => Math.max(a, b), -Infinity);
     const z = lo.reduce((a, x) => a + Math.exp(x - mx), 0);
     const y = tokens[i + 1];
     lm.push(lo[y] - mx - Math.log(z));
@@ -168,6 +173,10 @@ for (const layout of LAYOUTS) {
         Array.from(tokens.subarray(1)),
       );
       assert.equal(manifest.tokenizer?.kind, "none"); // ids came pre-tokenized, no tokenizer named
+      if (layout.name === "wide_vocab") {
+        assert.equal(manifest.model.vocabSize, 70_000);
+        assert.ok(tokens.some((t) => t > 65_535), "some ids need more than 16 bits");
+      }
 
       // Eval on other ids of the same vocabulary, against brute force.
       const V = manifest.model.vocabSize;
