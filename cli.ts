@@ -23,13 +23,7 @@ import {
   type ParsedCommandLine,
 } from "./lib/config/mod.ts";
 import { loadCorpus } from "./lib/corpus/mod.ts";
-import {
-  byteTokenLabel,
-  decodeBytes,
-  encodeBytes,
-  formatModelInspection,
-  inspectModel,
-} from "./lib/model/mod.ts";
+import { describeTokenizer, formatModelInspection, inspectModel } from "./lib/model/mod.ts";
 import { setNumThreads } from "./lib/index/mod.ts";
 import {
   buildIndex,
@@ -40,7 +34,13 @@ import {
   readManifest,
   type Stage,
 } from "./lib/datastore/mod.ts";
-import { distanceModes, evaluate, KnnLm, openDatastoreModel } from "./lib/query/mod.ts";
+import {
+  distanceModes,
+  evaluate,
+  KnnLm,
+  openDatastoreModel,
+  openDatastoreTokenizer,
+} from "./lib/query/mod.ts";
 import {
   formatCount,
   formatDuration,
@@ -72,6 +72,13 @@ const DATASTORE: OptionSpec = {
   required: true,
 };
 const NPROBE: OptionSpec = { key: "index.nprobe", defaultText: "the datastore's" };
+/** Query commands: the datastore's own tokenizer (recorded in datastore.json), if it moved. */
+const TOKENIZER: OptionSpec = { key: "tokenizer", defaultText: "the datastore's" };
+
+/** The `--tokenizer` a query command was given, or undefined for the datastore's own. */
+function tokenizerOverride(loaded: LoadedConfig): string | null | undefined {
+  return loaded.sources.tokenizer === "default" ? undefined : loaded.config.tokenizer;
+}
 
 /** Every setting outside the `eval` section: what the build commands take. */
 const BUILD_SETTINGS: OptionSpec[] = describeConfigKeys()
@@ -172,6 +179,7 @@ log((1−λ)·p_LM + λ·p_kNN) for each λ. Distances come from FAISS (approxim
 recomputed exactly from keys.npy (the paper's default).`,
     options: [
       DATASTORE,
+      TOKENIZER,
       { key: "eval.corpus" },
       { key: "eval.maxTokens" },
       { key: "eval.k" },
@@ -211,6 +219,7 @@ and interpolated.`,
         doc: "the context",
         required: true,
       },
+      TOKENIZER,
       { key: "eval.k", default: 8 },
       { key: "eval.lambda" },
       NPROBE,
@@ -219,7 +228,7 @@ and interpolated.`,
         name: "context",
         value: { kind: "integer", min: 1, max: 10_000 },
         default: 60,
-        doc: "bytes of corpus text shown before each neighbour",
+        doc: "characters of corpus text shown before each neighbour",
       },
       JSON_OUT,
       VERBOSE,
@@ -567,6 +576,9 @@ async function infoCommand(args: ParsedCommandLine) {
     `            sha256 ${
       m.model.sha256.slice(0, 16)
     }…, key '${m.model.keyTensor}', d=${m.model.dModel}, vocab ${m.model.vocabSize}`,
+    `tokenizer   ${m.tokenizer ? describeTokenizer(m.tokenizer) : "UTF-8 bytes (vocab 256)"}${
+      m.tokenizer?.path ? `: ${m.tokenizer.path}` : ""
+    }`,
     `corpus      ${m.corpus.spec} (${m.corpus.name}): ${m.corpus.nTokens} of ${m.corpus.totalTokens} tokens`,
     `keys        ${m.keys.file} ${m.keys.dtype} [${m.keys.shape}]`,
     `vals        ${m.vals.file} ${m.vals.dtype} [${m.vals.shape}]`,
@@ -615,8 +627,13 @@ async function evalCommand(args: ParsedCommandLine) {
   // FAISS's OpenMP pool follows --threads too, not only ONNX Runtime.
   setNumThreads(config.threads > 0 ? config.threads : navigator.hardwareConcurrency || 1);
   using ds = await Datastore.open(dir, { nprobe });
+  const tokenizer = await openDatastoreTokenizer(ds, { path: tokenizerOverride(loaded) });
   using model = await openDatastoreModel(ds, { threads: config.threads || undefined });
-  const corpus = await loadCorpus(config.eval.corpus);
+  using interrupt = interruptSignal();
+  const corpus = await loadCorpus(config.eval.corpus, {
+    tokenizer,
+    encode: { signal: interrupt.signal },
+  });
   const tokens = corpus.tokens.subarray(
     0,
     Math.min(corpus.tokens.length, config.eval.maxTokens ?? Infinity),
@@ -628,7 +645,6 @@ async function evalCommand(args: ParsedCommandLine) {
     );
   }
   let bar: ProgressBar | undefined;
-  using interrupt = interruptSignal();
   const result = await evaluate({
     datastore: ds,
     model,
@@ -705,17 +721,20 @@ async function neighborsCommand(args: ParsedCommandLine) {
     temperature: loaded.config.eval.temperature,
     distance,
     nprobe: queryNprobe(loaded, m, !!args.options.json),
+    tokenizer: tokenizerOverride(loaded) ?? undefined,
   });
-  const next = await knn.next(encodeBytes(text));
+  const tok = knn.tokenizer;
+  const next = await knn.next(text);
+  // The last `width` tokens before the neighbour, cut to the last `width` characters.
   const neighbours = next.neighbours.map((n) => ({
     row: n.row,
     distance: n.distance,
-    next: byteTokenLabel(n.token),
-    context: decodeBytes(knn.corpusTokens(n.row - width + 1, n.row + 1)),
+    next: tok.tokenLabel(n.token),
+    context: tok.decode(knn.corpusTokens(n.row - width + 1, n.row + 1)).slice(-width),
   }));
   const top = (p: Float64Array) =>
     Array.from(p.keys()).filter((t) => p[t] > 0).sort((a, b) => p[b] - p[a]).slice(0, 5)
-      .map((t) => ({ token: byteTokenLabel(t), p: p[t] }));
+      .map((t) => ({ token: tok.tokenLabel(t), p: p[t] }));
   const result = {
     text,
     k,

@@ -74,6 +74,7 @@ async function withTempDir(fn: (dir: string) => Promise<void>) {
 
 const SETTINGS_BUILD = [
   "model",
+  "tokenizer",
   "key-tensor",
   "logits-output",
   "corpus",
@@ -105,6 +106,7 @@ const EXPECTED_OPTIONS: Record<string, string[]> = {
   model: ["json", "verbose", "help"],
   eval: [
     "datastore",
+    "tokenizer",
     "corpus",
     "max-tokens",
     "k",
@@ -123,6 +125,7 @@ const EXPECTED_OPTIONS: Record<string, string[]> = {
   neighbors: [
     "datastore",
     "text",
+    "tokenizer",
     "k",
     "lambda",
     "nprobe",

@@ -276,7 +276,10 @@ Deno.test("DEFAULT_CONFIG is frozen and describeConfigKeys covers every key with
     (DEFAULT_CONFIG.eval.lambdas as number[]).push(1);
   });
   const rows = describeConfigKeys();
-  assert.equal(rows.length, 28);
+  assert.equal(rows.length, 29);
+  const tokenizer = rows.find((r) => r.key === "tokenizer")!;
+  assert.deepEqual(tokenizer.flags, ["--tokenizer"]);
+  assert.equal(tokenizer.default, "null");
   const nlist = rows.find((r) => r.key === "index.nlist")!;
   assert.deepEqual(nlist.flags, ["--index.nlist", "--nlist"]);
   assert.equal(nlist.type, "an integer ≥ 1");

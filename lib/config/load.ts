@@ -206,5 +206,9 @@ export function loadConfig(options: LoadConfigOptions = {}): LoadedConfig {
   } else if (!isAbsolute(model)) {
     config.model = resolve(Deno.cwd(), model);
   }
+  const tokenizer = config.tokenizer as string | null;
+  if (tokenizer !== null && !isAbsolute(tokenizer)) {
+    config.tokenizer = resolve(Deno.cwd(), tokenizer);
+  }
   return { config: config as unknown as KnnlmConfig, sources };
 }

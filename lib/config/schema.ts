@@ -61,6 +61,11 @@ export interface EvalConfig {
 export interface KnnlmConfig {
   /** ONNX causal LM. The built-in default is resolved against the toolkit's directory. */
   model: string;
+  /**
+   * Hugging Face `tokenizer.json` (or a folder holding one) for text corpora, resolved to an
+   * absolute path; `null` encodes text as UTF-8 bytes.
+   */
+  tokenizer: string | null;
   /** Tensor whose rows are the keys: a graph output or any intermediate tensor name. */
   keyTensor: string;
   /** Graph output holding the logits `[batch, seq, vocab]`. */
@@ -260,6 +265,13 @@ const SCHEMA = {
     default: "models/byte_gpt.onnx",
     arg: "PATH",
     doc: "ONNX causal LM; the default ships with the toolkit",
+  },
+  tokenizer: {
+    kind: "string",
+    nullable: true,
+    default: null,
+    arg: "PATH",
+    doc: "tokenizer.json, or a folder holding one (null: UTF-8 bytes)",
   },
   keyTensor: {
     kind: "string",

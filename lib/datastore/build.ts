@@ -28,6 +28,9 @@ import { gather, type GatherProgress, keyModelOf } from "./gather.ts";
 import { type AddProgress, addToIndex, planIndex, trainIndex } from "./train_add.ts";
 import { OnnxLm } from "../model/runner.ts";
 import { ensureModelFile } from "../model/default_model.ts";
+import { openTokenizer } from "../model/hf_tokenizer.ts";
+import { idsOnlyTokenizer, type Tokenizer } from "../model/tokenizer.ts";
+import { KnnError } from "../core/errors.ts";
 import { TOOLKIT_NAME, TOOLKIT_VERSION, versions } from "../core/version.ts";
 
 /** A pipeline stage. */
@@ -99,7 +102,15 @@ export async function buildIndex(
     let manifest = await readManifest(dir);
 
     // Corpus and model identity decide whether what is on disk can be reused.
-    const corpus = await loadCorpus(config.corpus);
+    const tokenizer = await openTokenizer(config.tokenizer);
+    const corpus = await loadCorpus(config.corpus, {
+      tokenizer,
+      encode: { signal: opts.signal },
+    });
+    // Pre-tokenized ids (.npy/.bin) with no tokenizer named: record that none is known.
+    const recorded: Tokenizer = config.tokenizer === null && /\.(npy|bin)$/.test(config.corpus)
+      ? idsOnlyTokenizer(corpus.vocabSize)
+      : tokenizer;
     const nTokens = Math.min(corpus.tokens.length, config.maxTokens ?? Infinity);
     const tokens = corpus.tokens.subarray(0, nTokens);
     if (nTokens - 1 < config.seqLen) {
@@ -153,6 +164,14 @@ export async function buildIndex(
         dModel: model.dModel,
         vocabSize: model.vocabSize,
       });
+      if (recorded.vocabSize > model.vocabSize) {
+        throw new KnnError(
+          "E_MISMATCH",
+          `${config.tokenizer ?? config.corpus}: ids go up to ${recorded.vocabSize - 1} but the ` +
+            `model ${config.model} has a vocabulary of ${model.vocabSize}`,
+          { hint: "pass the tokenizer that belongs to the model (--tokenizer)" },
+        );
+      }
       if (opts.force) {
         await removeIfExists(paths.gatherProgress);
         for (const p of [paths.index, paths.trainedIndex, paths.manifest]) await removeIfExists(p);
@@ -183,6 +202,7 @@ export async function buildIndex(
           dModel: model.dModel,
           vocabSize: model.vocabSize,
         },
+        tokenizer: { ...recorded.identity, path: recorded.path },
         corpus: {
           spec: config.corpus,
           name: corpus.name,

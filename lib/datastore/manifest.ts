@@ -14,6 +14,7 @@
 import { join } from "node:path";
 import { readJsonIfExists, writeJsonAtomic } from "../core/_atomic.ts";
 import type { IndexConfig, KnnlmConfig } from "../config/mod.ts";
+import type { TokenizerIdentity } from "../model/tokenizer.ts";
 
 /** Version of the datastore layout this toolkit writes and reads. */
 export const DATASTORE_FORMAT = 1;
@@ -83,6 +84,12 @@ export interface DatastoreManifest {
     dModel: number;
     vocabSize: number;
   };
+  /**
+   * The tokenizer that made the corpus ids (kind, sha256 of its `tokenizer.json` and
+   * `tokenizer_config.json`, vocabulary size) and where it was; absent in datastores made
+   * before tokenizers were recorded, which used UTF-8 bytes.
+   */
+  tokenizer?: TokenizerIdentity & { path: string | null };
   /** The corpus: the spec given, its identity (sha256 of the tokens) and how much was used. */
   corpus: {
     spec: string;

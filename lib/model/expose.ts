@@ -31,6 +31,11 @@ export interface ExposeOptions {
    * `$XDG_CACHE_HOME/knnlm/onnx`, else `~/.cache/knnlm/onnx`.
    */
   cacheDir?: string;
+  /**
+   * Write the model to the cache even when every tensor already is an output (for bytes that
+   * are not the file at `path`, e.g. an inlined merged decoder). Default false.
+   */
+  always?: boolean;
 }
 
 /** Result of {@linkcode exposeTensors}. */
@@ -145,7 +150,7 @@ export async function exposeInModel(
   const added = [...new Set(tensors)].filter((t) =>
     locateTensor(path, model, t) === "intermediate"
   );
-  if (added.length === 0) return { path, added, created: false };
+  if (added.length === 0 && !options.always) return { path, added, created: false };
   if (model.hasExternalData) {
     throw new Error(
       `${path}: the model keeps weights in external data files, so an edited copy cannot be ` +
@@ -162,7 +167,9 @@ export async function exposeInModel(
   } catch (e) {
     if (!(e instanceof Deno.errors.NotFound)) throw e;
   }
-  const edited = rewriteGraphOutputs(bytes, { add: await typedOutputs(model, bytes, added) });
+  const edited = added.length
+    ? rewriteGraphOutputs(bytes, { add: await typedOutputs(model, bytes, added) })
+    : bytes;
   await Deno.mkdir(dir, { recursive: true });
   await writeFileAtomic(target, edited);
   return { path: target, added, created: true };

@@ -6,6 +6,7 @@
  */
 import { type GraphNode, type OnnxModel, parseOnnxModel, type TensorType } from "./model_proto.ts";
 import { readModelFile } from "./_files.ts";
+import { inlineNoCacheBranch, USE_CACHE_BRANCH } from "./merged.ts";
 
 /** How the runner feeds a graph input, by its name. */
 export type InputRole = InputInfo["role"];
@@ -22,8 +23,18 @@ export interface TensorInfo {
 
 /** A graph input with the role the runner gives it. */
 export interface InputInfo extends TensorInfo {
-  /** `tokens` (token ids), `attention_mask` (fed all ones), `position_ids` (0..seq-1). */
-  role: "tokens" | "attention_mask" | "position_ids" | "unsupported";
+  /**
+   * `tokens` (token ids), `attention_mask` (fed all ones), `position_ids` (0..seq-1),
+   * `past` (a `past_key_values.N.key/value` cache input, fed empty: past length 0),
+   * `use_cache_branch` (a merged decoder's branch switch, fed false).
+   */
+  role:
+    | "tokens"
+    | "attention_mask"
+    | "position_ids"
+    | "past"
+    | "use_cache_branch"
+    | "unsupported";
 }
 
 /** A tensor that could be used as the kNN-LM key. */
@@ -40,6 +51,11 @@ export interface KeyCandidate {
   isGraphOutput: boolean;
   /** Heuristic role, e.g. `last block: FFN input (recommended)`, `final norm (LM head input)`. */
   role: string;
+  /**
+   * The tensor the feed-forward projection actually reads, when it is not `tensor` itself
+   * (e.g. after a `Cast` in a float16 export); absent when they are the same.
+   */
+  ffnInput?: string;
 }
 
 /** Result of {@linkcode inspectModel}. */
@@ -65,15 +81,25 @@ export interface ModelInspection {
    * pre-FFN norm, then the final norm, then earlier ones (at most `maxCandidates`).
    */
   keyCandidates: KeyCandidate[];
+  /**
+   * For a merged decoder (an `If` on `use_cache_branch`): candidates come from its no-cache
+   * branch, which is what the runner executes.
+   */
+  merged?: boolean;
 }
 
 const TOKEN_INPUTS = ["tokens", "input_ids"];
+
+/** KV-cache inputs as Hugging Face exporters name them: `past_key_values.0.key`, … */
+const PAST_INPUT = /^past_key_values\.\d+\.(key|value)$/;
 
 /** The runner's role for a graph input, by name. */
 export function inputRole(name: string): InputRole {
   if (TOKEN_INPUTS.includes(name)) return "tokens";
   if (name === "attention_mask") return "attention_mask";
   if (name === "position_ids") return "position_ids";
+  if (PAST_INPUT.test(name)) return "past";
+  if (name === USE_CACHE_BRANCH) return "use_cache_branch";
   return "unsupported";
 }
 
@@ -184,6 +210,36 @@ function effectiveConsumers(nodes: GraphNode[], g: GraphIndex, tensor: string): 
 }
 
 /**
+ * Hugging Face module names of the pre-FFN norm: GPT-2/GPT-J/Falcon `ln_2`, Llama/Mistral/
+ * Qwen `post_attention_layernorm`, OPT `final_layer_norm` (per block), GPT-NeoX/Pythia
+ * `post_attention_layernorm`, BLOOM `post_attention_layernorm`.
+ */
+const PRE_FFN_NORM =
+  /(?:^|[/.])(?:h|layers|layer|blocks|block|decoder\.layers)\.(\d+)[/.](?:ln_2|post_attention_layernorm|final_layer_norm)(?:[/.]|$)/;
+
+/** The block index when `node`/`tensor` names a block's pre-FFN norm by HF convention. */
+function preFfnBlock(nodeName: string, tensor: string): number | undefined {
+  const m = PRE_FFN_NORM.exec(nodeName) ?? PRE_FFN_NORM.exec(tensor);
+  return m ? Number(m[1]) : undefined;
+}
+
+/** The input of the projection that reads `tensor`, through passthrough ops (Cast, …). */
+function projectionInput(nodes: GraphNode[], g: GraphIndex, tensor: string): string | undefined {
+  let frontier = [tensor];
+  for (let depth = 0; depth < 3; depth++) {
+    const next: string[] = [];
+    for (const t of frontier) {
+      for (const c of g.consumers.get(t) ?? []) {
+        if (isProjection(nodes[c].opType)) return t;
+        if (PASSTHROUGH_OPS.has(nodes[c].opType)) next.push(...nodes[c].outputs);
+      }
+    }
+    frontier = next;
+  }
+  return undefined;
+}
+
+/**
  * Finds norm outputs that feed a projection and ranks them as kNN-LM key candidates.
  *
  * In a pre-LN transformer each block normalizes twice (attention input, then FFN input) and
@@ -214,17 +270,37 @@ export function findKeyCandidates(model: OnnxModel, maxCandidates = 4): KeyCandi
     const what = (k - 1) % 2 === 0 ? "FFN input" : "attention input";
     return `${where}: ${what}${k === 1 ? " (recommended)" : ""}`;
   };
-  const ranked = norms.map((n, idx) => ({ ...n, k: norms.length - 1 - idx }))
-    // Best first: the recommended FFN input (k = 1), the final norm (k = 0), then backwards.
-    .sort((a, b) => (a.k === 1 ? -1 : b.k === 1 ? 1 : a.k - b.k));
-  return ranked.slice(0, maxCandidates).map((n) => ({
-    tensor: n.tensor,
-    producerOp: nodes[n.node].opType,
-    producerName: nodes[n.node].name,
-    consumerOps: n.consumers.map((c) => nodes[c].opType),
-    isGraphOutput: outputs.has(n.tensor),
-    role: roles(n.k, norms.length),
-  }));
+  // Hugging Face names, when the exporter kept them, say which norm is the last block's
+  // pre-FFN one; otherwise its position (second to last norm) does.
+  const blocks = norms.map((n) => preFfnBlock(nodes[n.node].name, n.tensor));
+  const lastBlock = Math.max(-1, ...blocks.filter((b): b is number => b !== undefined));
+  const named = lastBlock >= 0 ? blocks.indexOf(lastBlock) : -1;
+  const ranked = norms.map((n, idx) => ({
+    ...n,
+    idx,
+    k: norms.length - 1 - idx,
+    recommended: named >= 0 ? idx === named : norms.length - 1 - idx === 1,
+  }))
+    // Best first: the recommended FFN input, the final norm (k = 0), then backwards.
+    .sort((a, b) => (a.recommended ? -1 : b.recommended ? 1 : a.k - b.k));
+  return ranked.slice(0, maxCandidates).map((n) => {
+    const ffn = projectionInput(nodes, g, n.tensor);
+    const block = blocks[n.idx];
+    const role = n.recommended
+      ? named >= 0 ? `last block (${block}): pre-FFN norm (recommended)` : roles(1, norms.length)
+      : named >= 0 && block !== undefined
+      ? `block ${block}: pre-FFN norm`
+      : roles(n.k, norms.length).replace(" (recommended)", "");
+    return {
+      tensor: n.tensor,
+      producerOp: nodes[n.node].opType,
+      producerName: nodes[n.node].name,
+      consumerOps: n.consumers.map((c) => nodes[c].opType),
+      isGraphOutput: outputs.has(n.tensor),
+      role,
+      ...(ffn && ffn !== n.tensor ? { ffnInput: ffn } : {}),
+    };
+  });
 }
 
 /** Options for {@linkcode inspectModel}. */
@@ -246,7 +322,15 @@ export async function inspectModel(
 ): Promise<ModelInspection> {
   const bytes = await readModelFile(path);
   const model = parseModelAt(path, bytes);
-  return describeModel(path, bytes.length, model, options);
+  const inlined = inlineNoCacheBranch(bytes);
+  if (!inlined) return describeModel(path, bytes.length, model, options);
+  // A merged decoder: rank the tensors of the branch the runner executes.
+  const branch = parseModelAt(path, inlined);
+  return {
+    ...describeModel(path, bytes.length, model, options),
+    keyCandidates: findKeyCandidates(branch, options.maxCandidates ?? 4),
+    merged: true,
+  };
 }
 
 /** Parses model bytes, prefixing format errors with the path. */
@@ -312,6 +396,10 @@ export function formatModelInspection(info: ModelInspection): string {
           ? "all ones"
           : i.role === "position_ids"
           ? "0..seq-1"
+          : i.role === "past"
+          ? "empty (past length 0)"
+          : i.role === "use_cache_branch"
+          ? "false (no-cache branch)"
           : "UNSUPPORTED",
       ]),
     ),
@@ -326,13 +414,18 @@ export function formatModelInspection(info: ModelInspection): string {
   if (info.keyCandidates.length === 0) {
     parts.push("Key candidates: none found (no normalization output feeds a MatMul/Gemm).");
   } else {
+    if (info.merged) {
+      parts.push(
+        "Merged decoder: candidates are from the no-cache branch (use_cache_branch = false).",
+      );
+    }
     parts.push(
       "Key candidates (pass one as --key-tensor):",
       table(
         ["tensor", "role", "produced by", "consumed by", "output?"],
         info.keyCandidates.map((c) => [
           c.tensor,
-          c.role,
+          c.role + (c.ffnInput ? `; FFN reads ${c.ffnInput}` : ""),
           c.producerOp,
           c.consumerOps.join(", ") || "-",
           c.isGraphOutput ? "yes" : "no (exposed on use)",

@@ -9,6 +9,7 @@ import { closest } from "../core/_suggest.ts";
 import { readModelFile } from "./_files.ts";
 import { ort } from "./_ort.ts";
 import { exposeInModel, locateTensor } from "./expose.ts";
+import { inlineNoCacheBranch } from "./merged.ts";
 import { type InputInfo, inputRole, parseModelAt } from "./inspect.ts";
 import type { OnnxModel, TensorType } from "./model_proto.ts";
 
@@ -44,17 +45,21 @@ export interface LmOutput<L extends Float32Array | null = Float32Array> {
   keys: Float32Array;
 }
 
-type Feed = "tokens" | "attention_mask" | "position_ids";
+type Feed = Exclude<InputInfo["role"], "unsupported">;
 interface FeedSpec {
   name: string;
   role: Feed;
   type: string;
   /** Whether `position_ids` is declared with a fixed batch dimension of 1. */
   batchOne: boolean;
+  /** For a `past` input: its declared shape `[batch, heads, past, headDim]`. */
+  shape?: (number | string | null)[];
 }
 
 const TOKEN_TYPES = new Set(["int64", "int32"]);
 const MASK_TYPES = new Set(["int64", "int32", "float32", "bool", "uint8", "int8"]);
+const PAST_TYPES = new Set(["float32", "float16"]);
+const BRANCH_TYPES = new Set(["bool"]);
 
 function lastDim(type: TensorType | null | undefined): number | undefined {
   const d = type?.shape?.at(-1);
@@ -128,7 +133,10 @@ export class OnnxLm {
     if (!Number.isSafeInteger(threads) || threads < 0) {
       throw new RangeError(`threads: expected an integer ≥ 0, found ${threads}`);
     }
-    const bytes = await readModelFile(path);
+    const original = await readModelFile(path);
+    // A merged decoder runs as its no-cache branch, inlined (the graph inputs stay).
+    const inlined = inlineNoCacheBranch(original);
+    const bytes = inlined ?? original;
     const model = parseModelAt(path, bytes);
     const feeds = feedSpecs(path, model);
     if (!model.outputs.some((o) => o.name === logitsOutput)) {
@@ -142,6 +150,8 @@ export class OnnxLm {
     locateTensor(path, model, keyTensor);
     const exposed = await exposeInModel(path, bytes, model, [keyTensor], {
       cacheDir: options.cacheDir,
+      // The inlined model exists only in memory: it goes to the cache even with no new output.
+      ...(inlined ? { always: true } : {}),
     });
 
     const session = await ort.InferenceSession.create(exposed.path, {
@@ -201,6 +211,15 @@ export class OnnxLm {
           : new ort.Tensor("int64", BigInt64Array.from(tokens, BigInt), [batch, seq]);
       } else if (f.role === "attention_mask") {
         feeds[f.name] = filled(f.type, n, () => 1, [batch, seq]);
+      } else if (f.role === "past") {
+        // An empty cache: [batch, heads, 0, headDim].
+        const [, heads, , headDim] = f.shape!;
+        const dims = [batch, heads as number, 0, headDim as number];
+        feeds[f.name] = f.type === "float16"
+          ? new ort.Tensor("float16", new Uint16Array(0), dims)
+          : new ort.Tensor("float32", new Float32Array(0), dims);
+      } else if (f.role === "use_cache_branch") {
+        feeds[f.name] = new ort.Tensor("bool", Uint8Array.of(0), [1]);
       } else {
         const rows = f.batchOne ? 1 : batch;
         feeds[f.name] = filled(f.type, rows * seq, (i) => i % seq, [rows, seq]);
@@ -355,10 +374,27 @@ function feedSpecs(path: string, model: OnnxModel): FeedSpec[] {
       problems.push(`input "${input.name}" (${type}) is not one the runner can feed`);
       continue;
     }
-    const allowed = role === "tokens" ? TOKEN_TYPES : MASK_TYPES;
+    const allowed = role === "tokens"
+      ? TOKEN_TYPES
+      : role === "past"
+      ? PAST_TYPES
+      : role === "use_cache_branch"
+      ? BRANCH_TYPES
+      : MASK_TYPES;
     if (!allowed.has(type)) {
       problems.push(
         `input "${input.name}" has type ${type}, expected one of ${[...allowed].join(", ")}`,
+      );
+      continue;
+    }
+    const shape = input.type?.shape ?? null;
+    if (
+      role === "past" &&
+      !(shape?.length === 4 && typeof shape[1] === "number" && typeof shape[3] === "number")
+    ) {
+      problems.push(
+        `input "${input.name}" has shape ${JSON.stringify(shape)}; an empty past needs ` +
+          `[batch, heads, past, headDim] with heads and headDim fixed`,
       );
       continue;
     }
@@ -367,6 +403,7 @@ function feedSpecs(path: string, model: OnnxModel): FeedSpec[] {
       role,
       type,
       batchOne: role === "position_ids" && input.type?.shape?.[0] === 1,
+      ...(role === "past" ? { shape: shape! } : {}),
     });
   }
   const tokenInputs = specs.filter((s) => s.role === "tokens");
@@ -380,7 +417,8 @@ function feedSpecs(path: string, model: OnnxModel): FeedSpec[] {
   if (problems.length) {
     throw new Error(
       `${path}: ${problems.join("; ")}. Supported inputs: tokens or input_ids (int64/int32 ` +
-        `[batch, seq]), attention_mask (fed all ones), position_ids (fed 0..seq-1)`,
+        `[batch, seq]), attention_mask (fed all ones), position_ids (fed 0..seq-1), ` +
+        `past_key_values.N.key/value (fed empty), use_cache_branch (fed false)`,
     );
   }
   return specs;

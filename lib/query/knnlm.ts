@@ -12,6 +12,63 @@ import { OnnxLm } from "../model/runner.ts";
 import { DEFAULT_CONFIG } from "../config/mod.ts";
 import type { DistanceMode } from "./eval.ts";
 import { ensureModelFile } from "../model/default_model.ts";
+import { KnnError } from "../core/errors.ts";
+import { openTokenizer } from "../model/hf_tokenizer.ts";
+import {
+  BYTE_TOKENIZER,
+  describeTokenizer,
+  idsOnlyTokenizer,
+  sameTokenizer,
+  type Tokenizer,
+} from "../model/tokenizer.ts";
+
+/**
+ * Opens the tokenizer a datastore was built with (recorded in `datastore.json`; a datastore
+ * without a record used UTF-8 bytes). `path` overrides the recorded location of the
+ * `tokenizer.json` (or `null`: UTF-8 bytes); either way the tokenizer must be the recorded
+ * one. A datastore built from pre-tokenized ids with no tokenizer accepts any `path`.
+ *
+ * @throws KnnError `E_MISMATCH` when the tokenizer differs from the recorded one (another file,
+ *   another config, another vocabulary size); `E_NOT_FOUND` when the recorded file is gone
+ */
+export async function openDatastoreTokenizer(
+  ds: Datastore,
+  opts: { path?: string | null } = {},
+): Promise<Tokenizer> {
+  const recorded = ds.manifest.tokenizer ?? { ...BYTE_TOKENIZER.identity, path: null };
+  if (recorded.kind === "none") {
+    return opts.path === undefined || opts.path === null
+      ? idsOnlyTokenizer(recorded.vocabSize)
+      : await openTokenizer(opts.path);
+  }
+  const path = opts.path === undefined ? recorded.path : opts.path;
+  let tok: Tokenizer;
+  try {
+    tok = await openTokenizer(path);
+  } catch (e) {
+    if (opts.path !== undefined || !KnnError.is(e, "E_NOT_FOUND")) throw e;
+    throw new KnnError(
+      "E_NOT_FOUND",
+      `${path}: cannot find the tokenizer ${ds.dir} was built with`,
+      { path: path ?? undefined, cause: e, hint: "pass --tokenizer PATH if it moved" },
+    );
+  }
+  if (!sameTokenizer(tok.identity, recorded)) {
+    throw new KnnError(
+      "E_MISMATCH",
+      `${path ?? "UTF-8 bytes"}: not the tokenizer ${ds.dir} was built with ` +
+        `(${describeTokenizer(tok.identity)}; datastore.json records ` +
+        `${describeTokenizer(recorded)})`,
+      {
+        path: path ?? undefined,
+        hint: recorded.path
+          ? `use --tokenizer ${recorded.path}`
+          : "leave --tokenizer out (the datastore uses UTF-8 bytes)",
+      },
+    );
+  }
+  return tok;
+}
 
 /**
  * Opens the model a datastore was built with, refusing a file whose sha256 differs from the
@@ -54,6 +111,11 @@ export interface KnnLmOptions {
   datastore: string;
   /** Model path, if it moved since the datastore was built (must have the same sha256). */
   model?: string;
+  /**
+   * Tokenizer path (`tokenizer.json` or its folder), if it moved since the datastore was
+   * built; it must be the recorded one. Default: the path in `datastore.json`.
+   */
+  tokenizer?: string;
   /** Neighbours per query. Default: `DEFAULT_CONFIG.eval.k`. */
   k?: number;
   /** Weight of p_kNN. Default: `DEFAULT_CONFIG.eval.lambda`. */
@@ -95,13 +157,14 @@ export interface NextToken {
  *
  * @example
  * ```ts ignore
- * import { encodeBytes, KnnLm } from "../mod.ts";
+ * import { KnnLm } from "../mod.ts";
  * using lm = await KnnLm.open({ datastore: "data/default", k: 64, lambda: 0.25 });
- * const tokens = Array.from(encodeBytes("The jury said"));
+ * const tokens = Array.from(lm.tokenizer.encode("The jury said"));
  * for (let i = 0; i < 20; i++) {
  *   const { mixed } = await lm.next(Int32Array.from(tokens));
  *   tokens.push(mixed.indexOf(Math.max(...mixed))); // greedy
  * }
+ * console.log(lm.tokenizer.decode(tokens));
  * ```
  */
 export class KnnLm implements Disposable {
@@ -109,6 +172,8 @@ export class KnnLm implements Disposable {
   readonly datastore: Datastore;
   /** The model. */
   readonly model: OnnxLm;
+  /** The datastore's tokenizer: encodes contexts, decodes neighbours and top-k tokens. */
+  readonly tokenizer: Tokenizer;
   /** Neighbours per query. */
   readonly k: number;
   /** Weight of p_kNN. */
@@ -121,10 +186,12 @@ export class KnnLm implements Disposable {
   private constructor(
     ds: Datastore,
     model: OnnxLm,
-    o: Required<Omit<KnnLmOptions, "datastore" | "model" | "nprobe" | "threads">>,
+    tokenizer: Tokenizer,
+    o: Required<Omit<KnnLmOptions, "datastore" | "model" | "tokenizer" | "nprobe" | "threads">>,
   ) {
     this.datastore = ds;
     this.model = model;
+    this.tokenizer = tokenizer;
     this.k = o.k;
     this.lambda = o.lambda;
     this.temperature = o.temperature;
@@ -143,8 +210,9 @@ export class KnnLm implements Disposable {
       if (!Number.isInteger(k) || k < 1 || k > ds.size) {
         throw new RangeError(`k must be an integer in 1..${ds.size} (datastore size), found ${k}`);
       }
+      const tokenizer = await openDatastoreTokenizer(ds, { path: opts.tokenizer });
       const model = await openDatastoreModel(ds, { path: opts.model, threads: opts.threads });
-      return new KnnLm(ds, model, {
+      return new KnnLm(ds, model, tokenizer, {
         k,
         lambda,
         temperature: opts.temperature ?? DEFAULT_CONFIG.eval.temperature,
@@ -165,8 +233,12 @@ export class KnnLm implements Disposable {
     return out;
   }
 
-  /** Next-token distributions after `context` (its last `seqLen` tokens are used). */
-  async next(context: Int32Array): Promise<NextToken> {
+  /**
+   * Next-token distributions after `context` — ids, or text that the datastore's tokenizer
+   * encodes (its last `seqLen` tokens are used).
+   */
+  async next(context: Int32Array | string): Promise<NextToken> {
+    if (typeof context === "string") context = this.tokenizer.encode(context);
     if (context.length < 1) throw new RangeError("the context needs at least one token");
     const seqLen = this.datastore.manifest.gather.seqLen;
     const window = context.subarray(Math.max(0, context.length - seqLen));

@@ -21,6 +21,7 @@ export {
   type Neighbour,
   type NextToken,
   openDatastoreModel,
+  openDatastoreTokenizer,
 } from "./knnlm.ts";
 export {
   interpolate,
