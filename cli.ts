@@ -31,6 +31,8 @@ import {
   type PipelineEvent,
   readManifest,
   type Stage,
+  type VerifyCheck,
+  verifyDatastore,
 } from "./lib/datastore/mod.ts";
 import { evaluate, KnnLm, openDatastoreModel } from "./lib/query/mod.ts";
 import {
@@ -79,6 +81,7 @@ const COMMANDS: Record<string, { summary: string; run: (argv: string[]) => Promi
     run: (argv) => pipelineCommand("add", argv, ["add"]),
   },
   info: { summary: "describe a datastore directory", run: infoCommand },
+  verify: { summary: "check a datastore's files against datastore.json", run: verifyCommand },
   model: { summary: "model tools: `knn model inspect FILE`", run: modelCommand },
   eval: { summary: "perplexity of the LM and the kNN-LM on held-out text", run: evalCommand },
   neighbors: { summary: "show the neighbours retrieved for a text", run: neighborsCommand },
@@ -239,6 +242,7 @@ async function pipelineCommand(name: string, argv: string[], stages: Stage[]) {
     force: values.force,
     onEvent: eventPrinter(!!values.json),
     signal: interruptSignal(),
+    command: `knn ${name}`,
   };
   const manifest = await buildIndex(config, opts);
   if (values.json) console.log(JSON.stringify(manifest, null, 2));
@@ -299,6 +303,62 @@ Prints what datastore.json records about a datastore: model, corpus, shapes, ind
   ];
   for (const w of m.index?.warnings ?? m.trained?.warnings ?? []) lines.push(`warning     ${w}`);
   console.log(lines.join("\n"));
+}
+
+const VERIFY_FLAGS = {
+  ...COMMON,
+  "no-checksums": { type: "boolean" },
+  recall: { type: "string" },
+  "min-recall": { type: "string" },
+  k: { type: "string" },
+} as const;
+
+async function verifyCommand(argv: string[]) {
+  const { values, positionals } = parse(argv, VERIFY_FLAGS, true);
+  if (values.help) {
+    return void console.log(`Usage: knn verify DIR [options]
+
+Checks a datastore without trusting it: datastore.json, keys.npy / vals.npy headers, shapes and
+sizes, every value within the model's vocabulary, the per-block sha256 sums recorded at gather
+time, faiss.index / faiss.ivfdata sizes, the index's size against index.ntotal, ids 0..n-1 each
+once, and optionally a sampled self-recall. Exits 1 when a check fails.
+
+Options:
+      --no-checksums     skip recomputing the checksums (they read every byte)
+      --recall N         search N sampled keys and report how many find themselves
+      --min-recall R     fail when that self-recall is below R (default: report only)
+      --k N              neighbours searched per sampled key (default 8)
+      --json             print the report as JSON`);
+  }
+  const dir = positionals[0];
+  if (!dir || positionals.length > 1) throw usageError("expected one DIR", "knn verify DIR");
+  const minRecall = values["min-recall"] === undefined ? 0 : Number(values["min-recall"]);
+  if (!(minRecall >= 0 && minRecall <= 1)) {
+    throw usageError(`--min-recall: expected a number in [0, 1], found '${values["min-recall"]}'`);
+  }
+  const show = (c: VerifyCheck) => {
+    const mark = { ok: "ok  ", failed: "FAIL", skipped: "skip" }[c.status];
+    console.log(`${mark} ${c.name.padEnd(12)} ${c.detail}`);
+    for (const p of c.problems) console.log(`     ${p.code}: ${p.message}`);
+  };
+  const report = await verifyDatastore(dir, {
+    checksums: !values["no-checksums"],
+    recallSample: intFlag("recall", values.recall, 0, 0),
+    recallK: intFlag("k", values.k, 8),
+    minRecall,
+    onCheck: values.json ? undefined : show,
+  });
+  if (values.json) console.log(JSON.stringify(report, null, 2));
+  const failed = report.checks.filter((c) => c.status === "failed");
+  if (failed.length) {
+    const first = failed[0].problems[0];
+    throw new KnnError(
+      first?.code ?? "E_CORRUPT",
+      `${dir}: ${failed.length} check${failed.length > 1 ? "s" : ""} failed ` +
+        `(${failed.map((c) => c.name).join(", ")})` + (first ? `: ${first.message}` : ""),
+      { path: first?.path ?? dir },
+    );
+  }
 }
 
 async function modelCommand(argv: string[]) {
