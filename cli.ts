@@ -216,7 +216,14 @@ function eventPrinter(silent: boolean): (e: PipelineEvent) => void {
         bar.update(e.progress.done);
         break;
       case "add-progress":
-        bar ??= new ProgressBar("add   ", e.progress.total, { unit: "keys", silent });
+        if (!bar && e.progress.resumedFrom) {
+          say(`add: resuming after ${e.progress.resumedFrom} keys added by an interrupted run`);
+        }
+        bar ??= new ProgressBar("add   ", e.progress.total, {
+          unit: "keys",
+          silent,
+          initial: e.progress.resumedFrom,
+        });
         bar.update(e.progress.done);
         break;
       case "done":

@@ -40,7 +40,7 @@ import {
   sameTraining,
   trainIndex,
 } from "./train_add.ts";
-import { gatheredProblems, indexFileProblems } from "./_checks.ts";
+import { gatheredProblems, indexCountProblems, indexFileProblems } from "./_checks.ts";
 import { DatastoreLock } from "./lock.ts";
 import { OnnxLm } from "../model/runner.ts";
 import { TOOLKIT_NAME, TOOLKIT_VERSION, versions } from "../core/version.ts";
@@ -96,6 +96,28 @@ function trainedUsable(path: string, d: number): boolean {
     return index.d === d && index.ntotal === 0;
   } catch {
     return false;
+  }
+}
+
+/**
+ * Problems with a finished index: its files' sizes, then (when those match) its counts. The
+ * lists are mapped, not loaded, so this stays cheap for a large index.
+ */
+async function indexProblems(dir: string, m: DatastoreManifest): Promise<KnnError[]> {
+  const problems = await indexFileProblems(dir, m);
+  if (problems.length) return problems;
+  const memory = m.index?.invlists === "memory" || m.index?.nlist === 0;
+  try {
+    using index = FaissIndex.read(datastorePaths(dir).index, { mmap: memory });
+    return indexCountProblems(dir, m, index);
+  } catch (e) {
+    const path = datastorePaths(dir).index;
+    return [
+      new KnnError("E_CORRUPT", `${path}: unreadable: ${(e as Error).message}`, {
+        path,
+        cause: e,
+      }),
+    ];
   }
 }
 
@@ -343,7 +365,7 @@ export async function buildIndex(
     let added = manifest.index !== undefined && sameIndexParams(manifest.index, params) &&
       !(opts.force && stages.has("add"));
     if (added && stages.has("add")) {
-      const problems = await indexFileProblems(dir, manifest);
+      const problems = await indexProblems(dir, manifest);
       if (problems.length) {
         for (const p of problems) emit({ type: "warning", message: p.message });
         emit({ type: "warning", message: `adding the keys again: the index cannot be trusted` });
