@@ -47,6 +47,7 @@ export { buildIndex, type BuildOptions, type PipelineEvent, type Stage } from ".
 export { DatastoreLock, LOCK_FILE, type LockHolder } from "./lock.ts";
 export {
   type StoredIdBlocks,
+  storedIdProblems,
   type VerifyCheck,
   type VerifyCheckName,
   verifyDatastore,

@@ -331,13 +331,28 @@ function checkIds(index: FaissIndex, n: number, path: string, add: Add): void {
       true,
     );
   }
+  const { count, problems } = storedIdProblems(index.storedIdBlocks(), n, path);
+  add("ids", `${count} stored ids: each of 0..${n - 1} exactly once`, problems);
+}
+
+/**
+ * Checks that the ids an index stores (`blocks`, e.g. one inverted list at a time) are each of
+ * 0..n−1 exactly once: reports ids out of range, ids stored twice and ids missing, with an
+ * example of each. Memory: one bit per row.
+ */
+export function storedIdProblems(
+  blocks: Iterable<BigInt64Array>,
+  n: number,
+  path: string,
+): { count: number; problems: VerifyProblem[] } {
   const seen = new Uint32Array(Math.ceil(n / 32));
   let outside = 0, twice = 0, count = 0;
   let firstOutside: bigint | undefined, firstTwice: number | undefined;
-  for (const block of index.storedIdBlocks()) {
+  const limit = BigInt(n);
+  for (const block of blocks) {
     for (const id of block) {
       count++;
-      if (id < 0n || id >= BigInt(n)) {
+      if (id < 0n || id >= limit) {
         if (outside++ === 0) firstOutside = id;
         continue;
       }
@@ -372,7 +387,7 @@ function checkIds(index: FaissIndex, n: number, path: string, add: Add): void {
       path,
     });
   }
-  add("ids", `${count} stored ids: each of 0..${n - 1} exactly once`, problems);
+  return { count, problems };
 }
 
 async function checkRecall(
