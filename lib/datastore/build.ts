@@ -16,7 +16,7 @@
 
 import { sha256File } from "../core/_hash.ts";
 import { removeIfExists } from "../core/_atomic.ts";
-import { KnnError } from "../core/errors.ts";
+import { fsError, KnnError } from "../core/errors.ts";
 import type { KnnlmConfig } from "../config/config.ts";
 import { loadCorpus } from "../corpus/mod.ts";
 import {
@@ -140,7 +140,11 @@ export async function buildIndex(
   const stages = new Set<Stage>(opts.stages ?? ["gather", "train", "add"]);
   const dir = config.out;
   const paths = datastorePaths(dir);
-  await Deno.mkdir(dir, { recursive: true });
+  try {
+    await Deno.mkdir(dir, { recursive: true });
+  } catch (e) {
+    throw fsError(e, dir, "create the datastore directory");
+  }
   using _lock = await DatastoreLock.acquire(dir, opts.command ?? "buildIndex");
   const threads = threadsOf(config);
   const previousThreads = getNumThreads();

@@ -189,6 +189,28 @@ export function interrupted(signal: AbortSignal | undefined, message: string): K
   });
 }
 
+/**
+ * `index.write(path)` (to `path.tmp`, then renamed) with FAISS's failures as
+ * {@linkcode KnnError}s naming the file: a full disk is `E_NO_SPACE`.
+ */
+export function writeIndexFile(index: FaissIndex, path: string): void {
+  try {
+    index.write(path);
+  } catch (e) {
+    if (KnnError.is(e)) throw e;
+    const msg = (e as Error).message;
+    const full = /No space left|File too large|Disk quota/i.test(msg);
+    throw new KnnError(
+      full ? "E_NO_SPACE" : "E_NATIVE",
+      msg.startsWith(path) ? msg : `${path}: ${msg}`,
+      {
+        path,
+        cause: e,
+      },
+    );
+  }
+}
+
 function newIndex(d: number, p: IndexParams): FaissIndex {
   if (p.m > 0) {
     return FaissIndex.ivfpq({ d, nlist: p.nlist, m: p.m, nbits: p.nbits, metric: p.metric });
@@ -242,7 +264,7 @@ export async function trainIndex(opts: TrainIndexOptions): Promise<{ seconds: nu
   await index.trainAsync(
     sample instanceof Uint16Array ? { dtype: "float16", data: sample } : sample,
   );
-  index.write(paths.trainedIndex);
+  writeIndexFile(index, paths.trainedIndex);
   return { seconds: (performance.now() - t0) / 1000 };
 }
 
@@ -407,7 +429,7 @@ export async function addToIndex(opts: AddOptions): Promise<AddResult> {
     opts.onProgress?.({ done: start, total: n, resumedFrom });
     for (let s = start; s < n; s += chunk) {
       if (opts.signal?.aborted) {
-        index.write(paths.partialIndex);
+        writeIndexFile(index, paths.partialIndex);
         await checkpoint(s, true);
         throw interrupted(
           opts.signal,
@@ -423,7 +445,7 @@ export async function addToIndex(opts: AddOptions): Promise<AddResult> {
     }
     if (p.nlist > 0) index.nprobe = p.nprobe;
     const ntotal = index.ntotal;
-    index.write(paths.index);
+    writeIndexFile(index, paths.index);
     index.close();
     await removeIfExists(paths.addProgress);
     await removeIfExists(paths.partialIndex);
