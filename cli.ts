@@ -1,18 +1,26 @@
 #!/usr/bin/env -S deno run --allow-all
 /**
- * `knn`: the knnlm command line. It parses arguments, calls the library and prints; the
- * pipeline itself lives in `lib/`.
+ * `knn`: the knnlm command line. It parses arguments against one declarative table per
+ * command ({@linkcode COMMANDS}), calls the library and prints: results on stdout (a table, or
+ * JSON with `--json`), progress, notes and warnings on stderr. Errors print one line plus a
+ * hint; the exit status comes from the error's code (see `exitStatus`).
  *
  * @module
  */
 
-import { parseArgs } from "node:util";
+import { dirname, join, resolve } from "node:path";
 import { exitStatus, KnnError } from "./lib/core/mod.ts";
+import { fsError } from "./lib/core/errors.ts";
 import {
-  configArgOptions,
+  ConfigError,
+  type ConfigIssue,
   describeConfigKeys,
-  type KnnlmConfig,
+  describeOptions,
   loadConfig,
+  type LoadedConfig,
+  type OptionSpec,
+  parseCommandLine,
+  type ParsedCommandLine,
 } from "./lib/config/mod.ts";
 import { loadCorpus } from "./lib/corpus/mod.ts";
 import {
@@ -25,16 +33,17 @@ import {
 import { setNumThreads } from "./lib/index/mod.ts";
 import {
   buildIndex,
-  type BuildOptions,
   Datastore,
+  type DatastoreManifest,
   datastorePaths,
+  LOCK_FILE,
   type PipelineEvent,
   readManifest,
   type Stage,
   type VerifyCheck,
   verifyDatastore,
 } from "./lib/datastore/mod.ts";
-import { evaluate, KnnLm, openDatastoreModel } from "./lib/query/mod.ts";
+import { distanceModes, evaluate, KnnLm, openDatastoreModel } from "./lib/query/mod.ts";
 import {
   formatCount,
   formatDuration,
@@ -43,48 +52,221 @@ import {
   Spinner,
 } from "./lib/present/mod.ts";
 
-/** A command-line mistake: one line plus an optional hint, exit status 2. */
-function usageError(message: string, hint?: string): KnnError {
-  return new KnnError("E_USAGE", message, { hint });
+// ---------------------------------------------------------------------------------------------
+// The option tables. A command lists configuration keys ({ key }: flag, type, range, default
+// and description come from the schema in lib/config/schema.ts) and its own options.
+
+const HELP: OptionSpec = { name: "help", short: "h", doc: "this help" };
+const VERBOSE: OptionSpec = { name: "verbose", short: "v", doc: "stack traces on errors" };
+const JSON_OUT: OptionSpec = { name: "json", doc: "print the result as JSON (no progress bars)" };
+const CONFIG_FILE: OptionSpec = {
+  name: "config",
+  short: "c",
+  value: { kind: "string" },
+  arg: "FILE",
+  doc: "JSON/JSONC configuration file (flags override it)",
+};
+const DATASTORE: OptionSpec = {
+  name: "datastore",
+  short: "d",
+  value: { kind: "string" },
+  arg: "DIR",
+  doc: "datastore directory",
+  required: true,
+};
+const NPROBE: OptionSpec = { key: "index.nprobe", defaultText: "the datastore's" };
+
+/** Every setting outside the `eval` section: what the build commands take. */
+const BUILD_SETTINGS: OptionSpec[] = describeConfigKeys()
+  .filter((k) => !k.key.startsWith("eval."))
+  .map((k) => ({ key: k.key }));
+
+const BUILD_OPTIONS: OptionSpec[] = [
+  CONFIG_FILE,
+  { name: "force", doc: "redo the stage(s) even if complete" },
+  { name: "json", doc: "print datastore.json on stdout when done (no progress bars)" },
+  VERBOSE,
+  HELP,
+  ...BUILD_SETTINGS,
+];
+
+/** One `knn` command: its help, its option table and what it does with the parsed line. */
+interface Command {
+  /** One line for `knn --help`. */
+  summary: string;
+  /** The usage line. */
+  usage: string;
+  /** What it does, for `knn CMD --help`. */
+  about: string;
+  /** Every option it accepts, in help order. */
+  options: readonly OptionSpec[];
+  /** How many positional arguments it takes. */
+  positionals?: number;
+  /** Runs it. */
+  run: (args: ParsedCommandLine) => Promise<void>;
 }
 
-const COMMON = {
-  help: { type: "boolean", short: "h" },
-  json: { type: "boolean" },
-  verbose: { type: "boolean", short: "v" },
-} as const;
-
-const CONFIG_FLAGS = {
-  ...COMMON,
-  config: { type: "string", short: "c" },
-  force: { type: "boolean" },
-  ...configArgOptions(),
-} as const;
-
-const NOT_CONFIG = ["help", "json", "verbose", "config", "force"];
-
-const COMMANDS: Record<string, { summary: string; run: (argv: string[]) => Promise<void> }> = {
+/**
+ * Every command. To add one, add an entry: its options (configuration keys as `{ key }`, its
+ * own as `{ name, doc, value? }`) are parsed, validated and listed in `--help` from here.
+ */
+const COMMANDS: Record<string, Command> = {
   "build-index": {
     summary: "gather keys, train the index and add the keys (skips finished stages)",
-    run: (argv) => pipelineCommand("build-index", argv, ["gather", "train", "add"]),
+    usage: "knn build-index [options]",
+    about: `Runs every stage into --out: gather (model → keys.npy [n, d], vals.npy [n]),
+train-index (IVFPQ on a seeded sample) and add (all keys, ids = rows) → faiss.index, then
+datastore.json. Finished stages are skipped; an interrupted gather resumes where it stopped.
+A directory holding a datastore made with another model or settings is refused.`,
+    options: BUILD_OPTIONS,
+    run: (a) => pipelineCommand(a, ["gather", "train", "add"], "build-index"),
   },
   gather: {
     summary: "run the model over the corpus and write keys.npy / vals.npy (resumable)",
-    run: (argv) => pipelineCommand("gather", argv, ["gather"]),
+    usage: "knn gather [options]",
+    about: `Runs the model over the corpus in sliding windows and writes keys.npy / vals.npy.
+Ctrl-C stops after the batch in flight; running it again resumes.`,
+    options: BUILD_OPTIONS,
+    run: (a) => pipelineCommand(a, ["gather"], "gather"),
   },
   "train-index": {
     summary: "train the FAISS index on a seeded sample of the keys",
-    run: (argv) => pipelineCommand("train-index", argv, ["train"]),
+    usage: "knn train-index [options]",
+    about: `Trains the index on a seeded sample of the gathered keys and writes
+faiss.trained.index (before anything is added).`,
+    options: BUILD_OPTIONS,
+    run: (a) => pipelineCommand(a, ["train"], "train-index"),
   },
   add: {
     summary: "add every key to the trained index and write faiss.index",
-    run: (argv) => pipelineCommand("add", argv, ["add"]),
+    usage: "knn add [options]",
+    about: `Adds every key with its row number as id, straight from the memory map, and writes
+faiss.index atomically.`,
+    options: BUILD_OPTIONS,
+    run: (a) => pipelineCommand(a, ["add"], "add"),
   },
-  info: { summary: "describe a datastore directory", run: infoCommand },
-  verify: { summary: "check a datastore's files against datastore.json", run: verifyCommand },
-  model: { summary: "model tools: `knn model inspect FILE`", run: modelCommand },
-  eval: { summary: "perplexity of the LM and the kNN-LM on held-out text", run: evalCommand },
-  neighbors: { summary: "show the neighbours retrieved for a text", run: neighborsCommand },
+  info: {
+    summary: "describe a datastore directory",
+    usage: "knn info DIR [options]",
+    about:
+      "Prints what datastore.json records about a datastore: model, corpus, shapes, index, timings.",
+    options: [JSON_OUT, VERBOSE, HELP],
+    positionals: 1,
+    run: infoCommand,
+  },
+  verify: {
+    summary: "check a datastore's files against datastore.json",
+    usage: "knn verify DIR [options]",
+    about:
+      `Checks a datastore without trusting it: datastore.json, keys.npy / vals.npy headers, shapes
+and sizes, every value within the model's vocabulary, the per-block sha256 sums recorded at
+gather time, faiss.index / faiss.ivfdata sizes, the index's size against index.ntotal, ids
+0..n-1 each once, and optionally a sampled self-recall. Exits 1 when a check fails.`,
+    options: [
+      { name: "no-checksums", doc: "skip recomputing the checksums (they read every byte)" },
+      {
+        name: "recall",
+        value: { kind: "integer", min: 0, max: 10_000_000 },
+        default: 0,
+        arg: "N",
+        doc: "search N sampled keys and report how many find themselves",
+      },
+      {
+        name: "min-recall",
+        value: { kind: "number", min: 0, max: 1 },
+        default: 0,
+        arg: "R",
+        doc: "fail when that self-recall is below R (0: report only)",
+      },
+      {
+        name: "k",
+        value: { kind: "integer", min: 1, max: 4096 },
+        default: 8,
+        doc: "neighbours searched per sampled key",
+      },
+      JSON_OUT,
+      VERBOSE,
+      HELP,
+    ],
+    positionals: 1,
+    run: verifyCommand,
+  },
+  model: {
+    summary: "model tools: `knn model inspect FILE`",
+    usage: "knn model inspect FILE [options]",
+    about:
+      `Lists an ONNX model's inputs and outputs with shapes, and the tensors that can serve as keys
+(LayerNorm outputs / feed-forward inputs of the last block). Pass one of them as --key-tensor
+to build-index; intermediate tensors are exposed in a cached copy, never in FILE itself.`,
+    options: [JSON_OUT, VERBOSE, HELP],
+    positionals: 2,
+    run: modelCommand,
+  },
+  eval: {
+    summary: "perplexity of the LM and the kNN-LM on held-out text",
+    usage: "knn eval --datastore DIR [options]",
+    about:
+      `Scores held-out text with the datastore's model: per-token LM log-probabilities, the k nearest
+keys of every position, p_kNN(y) = Σ_{i: v_i = y} softmax(−d_i / T)_i, and the perplexity of
+log((1−λ)·p_LM + λ·p_kNN) for each λ. Distances come from FAISS (approximate, PQ) and/or are
+recomputed exactly from keys.npy (the paper's default).`,
+    options: [
+      DATASTORE,
+      { key: "eval.corpus" },
+      { key: "eval.maxTokens" },
+      { key: "eval.k" },
+      NPROBE,
+      { key: "eval.temperature" },
+      { key: "eval.lambdas" },
+      { key: "eval.distance" },
+      { key: "batchSize" },
+      { key: "threads" },
+      {
+        name: "plot",
+        value: { kind: "string" },
+        arg: "FILE.svg",
+        doc: "write perplexity against λ as an SVG plot",
+      },
+      CONFIG_FILE,
+      JSON_OUT,
+      VERBOSE,
+      HELP,
+    ],
+    run: evalCommand,
+  },
+  neighbors: {
+    summary: "show the neighbours retrieved for a text",
+    usage: 'knn neighbors --datastore DIR --text "..." [options]',
+    about:
+      `For the last position of the text: the retrieved neighbours with the corpus text before them,
+the token that followed them and their distance, and the top-5 next tokens by the LM, by kNN
+and interpolated.`,
+    options: [
+      DATASTORE,
+      {
+        name: "text",
+        short: "t",
+        value: { kind: "string" },
+        arg: "TEXT",
+        doc: "the context",
+        required: true,
+      },
+      { key: "eval.k", default: 8 },
+      { key: "eval.lambda" },
+      NPROBE,
+      { key: "eval.distance", default: "exact", only: ["exact", "faiss"] },
+      {
+        name: "context",
+        value: { kind: "integer", min: 1, max: 10_000 },
+        default: 60,
+        doc: "bytes of corpus text shown before each neighbour",
+      },
+      JSON_OUT,
+      VERBOSE,
+      HELP,
+    ],
+    run: neighborsCommand,
+  },
 };
 
 function mainHelp(): string {
@@ -103,83 +285,235 @@ Common options:
   -h, --help      this help
       --json      print the result as JSON on stdout (no progress bars)
   -v, --verbose   stack traces on errors
+      --version   the toolkit's version
 `;
 }
 
-function configHelp(): string {
-  const rows = describeConfigKeys().map((k) =>
-    `  ${k.flags.join(", ").padEnd(34)} ${k.description} (${k.type}; default ${k.default})`
-  );
-  return `Configuration (defaults < --config FILE (JSON/JSONC, same keys, nested) < flags):
-${rows.join("\n")}`;
-}
+function commandHelp(c: Command): string {
+  const rows = describeOptions(c.options);
+  const width = Math.max(...rows.map((r) => r.flags.length)) + 2;
+  const lines = rows.map((r) => {
+    const notes = [
+      r.required ? "required" : undefined,
+      r.range,
+      r.default === undefined ? undefined : `default ${r.default}`,
+    ].filter((x) => x !== undefined);
+    const line = `  ${r.flags.padEnd(width)}${r.doc}`;
+    const more = notes.length ? `(${notes.join("; ")})` : "";
+    // Past 100 columns the range and default go on a line of their own.
+    return line.length + more.length < 100
+      ? `${line} ${more}`.trimEnd()
+      : `${line}\n${" ".repeat(width + 2)}${more}`;
+  });
+  const dotted = rows.find((r) => r.aliases.length > 0)?.aliases[0];
+  const file = c.options.includes(CONFIG_FILE);
+  const notes = [
+    dotted && `Each setting's flag also has its dotted form (e.g. ${dotted}).`,
+    file && "Settings can come from --config FILE too (same keys, nested); flags override it.",
+    c.options.some((o) => "key" in o) && '"null" means none where a setting allows it.',
+  ].filter((x) => typeof x === "string");
+  return `Usage: ${c.usage}
 
-function pipelineHelp(name: string): string {
-  const what: Record<string, string> = {
-    "build-index": `Runs every stage into --out: gather (model → keys.npy [n, d], vals.npy [n]),
-train-index (IVFPQ on a seeded sample) and add (all keys, ids = rows) → faiss.index, then
-datastore.json. Finished stages are skipped; an interrupted gather resumes where it stopped.
-A directory holding a datastore made with another model or settings is refused.`,
-    gather: `Runs the model over the corpus in sliding windows and writes keys.npy / vals.npy.
-Ctrl-C stops after the batch in flight; running it again resumes.`,
-    "train-index": `Trains the index on a seeded sample of the gathered keys and writes
-faiss.trained.index (before anything is added).`,
-    add: `Adds every key with its row number as id, straight from the memory map, and writes
-faiss.index atomically.`,
-  };
-  return `Usage: knn ${name} [options]
-
-${what[name]}
+${c.about}
 
 Options:
-  -c, --config FILE   JSON/JSONC configuration file
-      --force         redo the stage(s) even if complete
-      --json          print datastore.json on stdout when done
-  -v, --verbose       stack traces on errors
-  -h, --help          this help
-
-${configHelp()}
-`;
+${lines.join("\n")}
+${notes.length ? "\n" + notes.join("\n") + "\n" : ""}`;
 }
 
-function parse<T extends Record<string, { type: "string" | "boolean"; short?: string }>>(
-  argv: string[],
-  options: T,
-  allowPositionals = false,
-) {
-  try {
-    return parseArgs({ args: argv, options, allowPositionals, strict: true });
-  } catch (e) {
-    throw usageError((e as Error).message.split("\n")[0], "see --help");
-  }
+// ---------------------------------------------------------------------------------------------
+// Shared steps
+
+/** A command-line mistake: one line plus an optional hint, exit status 2. */
+function usageError(message: string, hint?: string): KnnError {
+  return new KnnError("E_USAGE", message, { hint });
 }
 
-function loadCliConfig(values: Record<string, unknown>): KnnlmConfig {
+/** The configuration from the command's flags, its defaults and an optional --config file. */
+function loadCommandConfig(args: ParsedCommandLine): LoadedConfig {
   return loadConfig({
-    file: values.config as string | undefined,
-    flags: values,
-    ignoreFlags: NOT_CONFIG,
-  }).config;
+    file: args.options.config as string | undefined,
+    flags: args.flags,
+    flagMap: args.flagMap,
+    defaults: args.defaults,
+  });
+}
+
+/** A bad setting found after loading (e.g. against the datastore), reported like any other. */
+function settingError(loaded: LoadedConfig, key: string, message: string): ConfigError {
+  const issue: ConfigIssue = { source: loaded.sources[key], key, message };
+  return new ConfigError([issue]);
 }
 
 /**
  * An abort signal raised by the first SIGINT or SIGTERM (its reason: an `E_INTERRUPTED`
  * {@linkcode KnnError} naming the signal); stages stop at their next safe point. A second
- * signal quits at once with 130 / 143.
+ * signal quits at once with 130 / 143. Disposing it removes the listeners.
  */
-function interruptSignal(): AbortSignal {
+function interruptSignal(): { signal: AbortSignal } & Disposable {
   const controller = new AbortController();
-  for (const sig of ["SIGINT", "SIGTERM"] as const) {
-    Deno.addSignalListener(sig, () => {
+  const listeners = (["SIGINT", "SIGTERM"] as const).map((sig) => {
+    const listener = () => {
       if (controller.signal.aborted) Deno.exit(sig === "SIGTERM" ? 143 : 130);
       controller.abort(new KnnError("E_INTERRUPTED", `interrupted by ${sig}`, { signal: sig }));
       console.error(
         `\ninterrupting (${sig}): stopping at the next safe point (again to quit now)…`,
       );
+    };
+    Deno.addSignalListener(sig, listener);
+    return [sig, listener] as const;
+  });
+  return {
+    signal: controller.signal,
+    [Symbol.dispose]() {
+      for (const [sig, listener] of listeners) Deno.removeSignalListener(sig, listener);
+    },
+  };
+}
+
+async function statOrNull(path: string): Promise<Deno.FileInfo | null> {
+  try {
+    return await Deno.stat(path);
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound || e instanceof Deno.errors.NotADirectory) return null;
+    throw fsError(e, path, "inspect");
+  }
+}
+
+/** An input file a setting names must exist before any work starts. */
+async function requireFile(loaded: LoadedConfig, key: string, path: string) {
+  if (/^(https?|file|brown):/.test(path)) return;
+  if (!await statOrNull(path)) {
+    throw new KnnError("E_NOT_FOUND", `${loaded.sources[key]}: ${key}: ${path}: no such file`, {
+      path,
+      key,
     });
   }
-  return controller.signal;
 }
+
+/**
+ * Creates the output directory (and missing parents) before any work, and returns the
+ * directories it created, outermost first, so a failed run can remove them again.
+ */
+async function createOutDir(loaded: LoadedConfig): Promise<string[]> {
+  const out = resolve(loaded.config.out);
+  const created: string[] = [];
+  for (let p = out;; p = dirname(p)) {
+    const info = await statOrNull(p);
+    if (info) {
+      if (!info.isDirectory) {
+        throw settingError(loaded, "out", `${p} is a file, not a directory`);
+      }
+      break;
+    }
+    created.unshift(p);
+    if (dirname(p) === p) break;
+  }
+  try {
+    await Deno.mkdir(out, { recursive: true });
+  } catch (e) {
+    throw fsError(e, loaded.config.out, "create the output directory");
+  }
+  return created;
+}
+
+/** Removes the writer lock file of `dir` when nothing else is there. */
+async function removeLockIfAlone(dir: string) {
+  try {
+    const names = [];
+    for await (const e of Deno.readDir(dir)) names.push(e.name);
+    if (names.length === 1 && names[0] === LOCK_FILE) await Deno.remove(join(dir, LOCK_FILE));
+  } catch { /* best effort: the directory then stays */ }
+}
+
+/** Removes the directories {@linkcode createOutDir} made, innermost first, while empty. */
+async function removeIfEmpty(created: string[]) {
+  for (const dir of created.toReversed()) {
+    try {
+      await Deno.remove(dir); // not recursive: a directory with files in it stays
+    } catch {
+      return;
+    }
+  }
+}
+
+/** An output file named by a flag must be writable before the long work that fills it. */
+async function requireWritable(flag: string, path: string) {
+  const parent = dirname(resolve(path));
+  const info = await statOrNull(parent);
+  if (!info?.isDirectory) {
+    throw new KnnError(
+      "E_NOT_FOUND",
+      `${flag}: ${path}: ${info ? `${parent} is not a directory` : `no directory ${parent}`}`,
+      { path, hint: "create the directory first or choose another path" },
+    );
+  }
+  const existed = await statOrNull(path);
+  if (existed?.isDirectory) {
+    throw new KnnError("E_USAGE", `${flag}: ${path} is a directory; expected a file name`);
+  }
+  try {
+    (await Deno.open(path, { write: true, create: true })).close();
+    if (!existed) await Deno.remove(path);
+  } catch (e) {
+    const err = fsError(e, path, "write");
+    throw new KnnError(err.code, `${flag}: ${err.message}`, { path, cause: e });
+  }
+}
+
+/** The manifest of a finished datastore, or an `E_NOT_FOUND` saying what is missing. */
+async function requireDatastore(dir: string, finished = true): Promise<DatastoreManifest> {
+  const info = await statOrNull(dir);
+  if (!info?.isDirectory) {
+    throw new KnnError("E_NOT_FOUND", `${dir}: no such datastore directory`, { path: dir });
+  }
+  const m = await readManifest(dir);
+  if (!m) {
+    const partial = await statOrNull(datastorePaths(dir).gatherProgress)
+      ? " (an unfinished gather is there: run build-index again to resume)"
+      : "";
+    throw new KnnError("E_NOT_FOUND", `${dir}: no datastore.json${partial}`, { path: dir });
+  }
+  if (finished && !m.index) {
+    throw new KnnError("E_NOT_FOUND", `${dir}: the datastore has no finished index`, {
+      path: dir,
+      hint: `knn build-index --out ${dir}`,
+    });
+  }
+  return m;
+}
+
+/**
+ * The nprobe to query with: a flag's value clamped to the datastore's nlist (with a note on
+ * stderr), or undefined for the datastore's own.
+ */
+function queryNprobe(loaded: LoadedConfig, m: DatastoreManifest, quiet: boolean) {
+  const source = loaded.sources["index.nprobe"];
+  if (!source.startsWith("--")) return undefined;
+  const nprobe = loaded.config.index.nprobe;
+  const nlist = m.index?.nlist ?? 0;
+  if (nlist > 0 && nprobe > nlist) {
+    if (!quiet) console.error(`note: ${source} ${nprobe} > nlist ${nlist}: using nprobe ${nlist}`);
+    return nlist;
+  }
+  return nprobe;
+}
+
+/** k must not exceed the datastore's size. */
+function checkK(loaded: LoadedConfig, m: DatastoreManifest) {
+  const size = m.keys.shape[0];
+  const k = loaded.config.eval.k;
+  if (k > size) {
+    throw settingError(
+      loaded,
+      "eval.k",
+      `expected an integer in 1..${size} (the datastore's size), found ${k}`,
+    );
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Commands
 
 function eventPrinter(silent: boolean): (e: PipelineEvent) => void {
   let bar: ProgressBar | undefined;
@@ -201,7 +535,7 @@ function eventPrinter(silent: boolean): (e: PipelineEvent) => void {
         say(`skip ${e.stage}: ${e.reason}`);
         break;
       case "warning":
-        say(`warning: ${e.message}`);
+        console.error(`warning: ${e.message}`);
         break;
       case "start":
         say(`${e.stage}: ${e.detail}`);
@@ -237,54 +571,55 @@ function eventPrinter(silent: boolean): (e: PipelineEvent) => void {
   };
 }
 
-async function pipelineCommand(name: string, argv: string[], stages: Stage[]) {
-  const { values, positionals } = parse(argv, CONFIG_FLAGS, true);
-  if (values.help) return void console.log(pipelineHelp(name));
-  if (positionals.length) {
-    throw usageError(`unexpected argument '${positionals[0]}'`, `see knn ${name} --help`);
+async function pipelineCommand(args: ParsedCommandLine, stages: Stage[], name: string) {
+  const loaded = loadCommandConfig(args);
+  const { config } = loaded;
+  const json = args.options.json as boolean;
+  // Inputs first: the model and corpus decide whether what is in --out can be reused.
+  await requireFile(loaded, "model", config.model);
+  await requireFile(loaded, "corpus", config.corpus);
+  if (!stages.includes("gather") && !await readManifest(config.out)) {
+    throw new KnnError("E_NOT_FOUND", `${config.out}: no gathered keys yet`, {
+      path: config.out,
+      hint: `run knn gather (or knn build-index) with the same settings first`,
+    });
   }
-  const config = loadCliConfig(values);
-  const opts: BuildOptions = {
-    stages,
-    force: values.force,
-    onEvent: eventPrinter(!!values.json),
-    signal: interruptSignal(),
-    command: `knn ${name}`,
-  };
-  const manifest = await buildIndex(config, opts);
-  if (values.json) console.log(JSON.stringify(manifest, null, 2));
-  else {
-    const p = datastorePaths(config.out);
-    console.error(
-      `datastore ${config.out}: ${manifest.keys.shape[0]} keys of width ${manifest.keys.shape[1]}` +
-        (manifest.index
-          ? `, index ${manifest.index.factory} (nprobe ${manifest.index.nprobe})`
-          : "") +
-        `\n  ${p.keys}\n  ${p.vals}` + (manifest.index ? `\n  ${p.index}` : "") +
-        `\n  ${p.manifest}`,
-    );
+  const created = await createOutDir(loaded);
+  using interrupt = interruptSignal();
+  let manifest;
+  try {
+    manifest = await buildIndex(config, {
+      stages,
+      force: args.options.force as boolean,
+      onEvent: eventPrinter(json),
+      signal: interrupt.signal,
+      command: `knn ${name}`,
+    });
+  } catch (e) {
+    // A directory this run created and left holding only the writer lock goes too.
+    if (created.length) await removeLockIfAlone(config.out);
+    await removeIfEmpty(created);
+    throw e;
   }
+  if (json) return void console.log(JSON.stringify(manifest, null, 2));
+  const p = datastorePaths(config.out);
+  console.log(
+    `datastore ${config.out}: ${manifest.keys.shape[0]} keys of width ${manifest.keys.shape[1]}` +
+      (manifest.index
+        ? `, index ${manifest.index.factory} (nprobe ${manifest.index.nprobe})`
+        : manifest.trained
+        ? `, trained ${manifest.trained.factory} (no keys added yet)`
+        : "") +
+      `\n  ${p.keys}\n  ${p.vals}` + (manifest.index ? `\n  ${p.index}` : "") +
+      `\n  ${p.manifest}`,
+  );
 }
 
-async function infoCommand(argv: string[]) {
-  const { values, positionals } = parse(argv, COMMON, true);
-  if (values.help) {
-    return void console.log(`Usage: knn info DIR [--json]
-
-Prints what datastore.json records about a datastore: model, corpus, shapes, index, timings.`);
-  }
-  const dir = positionals[0];
-  if (!dir || positionals.length > 1) throw usageError("expected one DIR", "knn info DIR");
-  const m = await readManifest(dir);
-  if (!m) {
-    let partial = "";
-    try {
-      await Deno.stat(datastorePaths(dir).gatherProgress);
-      partial = " (an unfinished gather is there: run build-index again to resume)";
-    } catch { /* nothing partial either */ }
-    throw usageError(`${dir}: no datastore.json${partial}`);
-  }
-  if (values.json) return void console.log(JSON.stringify(m, null, 2));
+async function infoCommand(args: ParsedCommandLine) {
+  const dir = args.positionals[0];
+  if (!dir) throw usageError("expected a datastore DIR", "knn info DIR");
+  const m = await requireDatastore(dir, false);
+  if (args.options.json) return void console.log(JSON.stringify(m, null, 2));
   const lines = [
     `datastore   ${dir} (format ${m.format}, ${m.toolkit.name} ${m.toolkit.version}, ${m.updatedAt})`,
     `model       ${m.model.path}`,
@@ -312,50 +647,23 @@ Prints what datastore.json records about a datastore: model, corpus, shapes, ind
   console.log(lines.join("\n"));
 }
 
-const VERIFY_FLAGS = {
-  ...COMMON,
-  "no-checksums": { type: "boolean" },
-  recall: { type: "string" },
-  "min-recall": { type: "string" },
-  k: { type: "string" },
-} as const;
-
-async function verifyCommand(argv: string[]) {
-  const { values, positionals } = parse(argv, VERIFY_FLAGS, true);
-  if (values.help) {
-    return void console.log(`Usage: knn verify DIR [options]
-
-Checks a datastore without trusting it: datastore.json, keys.npy / vals.npy headers, shapes and
-sizes, every value within the model's vocabulary, the per-block sha256 sums recorded at gather
-time, faiss.index / faiss.ivfdata sizes, the index's size against index.ntotal, ids 0..n-1 each
-once, and optionally a sampled self-recall. Exits 1 when a check fails.
-
-Options:
-      --no-checksums     skip recomputing the checksums (they read every byte)
-      --recall N         search N sampled keys and report how many find themselves
-      --min-recall R     fail when that self-recall is below R (default: report only)
-      --k N              neighbours searched per sampled key (default 8)
-      --json             print the report as JSON`);
-  }
-  const dir = positionals[0];
-  if (!dir || positionals.length > 1) throw usageError("expected one DIR", "knn verify DIR");
-  const minRecall = values["min-recall"] === undefined ? 0 : Number(values["min-recall"]);
-  if (!(minRecall >= 0 && minRecall <= 1)) {
-    throw usageError(`--min-recall: expected a number in [0, 1], found '${values["min-recall"]}'`);
-  }
+async function verifyCommand(args: ParsedCommandLine) {
+  const dir = args.positionals[0];
+  if (!dir) throw usageError("expected a datastore DIR", "knn verify DIR");
+  const json = args.options.json as boolean;
   const show = (c: VerifyCheck) => {
     const mark = { ok: "ok  ", failed: "FAIL", skipped: "skip" }[c.status];
     console.log(`${mark} ${c.name.padEnd(12)} ${c.detail}`);
     for (const p of c.problems) console.log(`     ${p.code}: ${p.message}`);
   };
   const report = await verifyDatastore(dir, {
-    checksums: !values["no-checksums"],
-    recallSample: intFlag("recall", values.recall, 0, 0),
-    recallK: intFlag("k", values.k, 8),
-    minRecall,
-    onCheck: values.json ? undefined : show,
+    checksums: !args.options["no-checksums"],
+    recallSample: args.options.recall as number,
+    recallK: args.options.k as number,
+    minRecall: args.options["min-recall"] as number,
+    onCheck: json ? undefined : show,
   });
-  if (values.json) console.log(JSON.stringify(report, null, 2));
+  if (json) console.log(JSON.stringify(report, null, 2));
   const failed = report.checks.filter((c) => c.status === "failed");
   if (failed.length) {
     const first = failed[0].problems[0];
@@ -368,84 +676,33 @@ Options:
   }
 }
 
-async function modelCommand(argv: string[]) {
-  const [sub, ...rest] = argv;
-  const { values, positionals } = parse(rest, COMMON, true);
-  if (sub !== "inspect" || values.help) {
-    return void console.log(`Usage: knn model inspect FILE [--json]
-
-Lists an ONNX model's inputs and outputs with shapes, and the tensors that can serve as keys
-(LayerNorm outputs / feed-forward inputs of the last block). Pass one of them as --key-tensor
-to build-index; intermediate tensors are exposed in a cached copy, never in FILE itself.`);
+async function modelCommand(args: ParsedCommandLine) {
+  const [sub, file] = args.positionals;
+  if (sub !== "inspect") {
+    throw usageError(
+      sub === undefined ? "expected a subcommand" : `unknown model subcommand '${sub}'`,
+      "knn model inspect FILE",
+    );
   }
-  const file = positionals[0];
   if (!file) throw usageError("expected a model FILE", "knn model inspect FILE");
   const info = await inspectModel(file);
-  console.log(values.json ? JSON.stringify(info, null, 2) : formatModelInspection(info));
+  console.log(args.options.json ? JSON.stringify(info, null, 2) : formatModelInspection(info));
 }
 
-const EVAL_FLAGS = {
-  ...COMMON,
-  config: { type: "string", short: "c" },
-  datastore: { type: "string", short: "d" },
-  corpus: { type: "string" },
-  "max-tokens": { type: "string" },
-  k: { type: "string" },
-  nprobe: { type: "string" },
-  temperature: { type: "string" },
-  lambdas: { type: "string" },
-  distance: { type: "string" },
-  "batch-size": { type: "string" },
-  threads: { type: "string" },
-  plot: { type: "string" },
-} as const;
-
-async function evalCommand(argv: string[]) {
-  const { values } = parse(argv, EVAL_FLAGS);
-  if (values.help) {
-    return void console.log(`Usage: knn eval --datastore DIR [options]
-
-Scores held-out text with the datastore's model: per-token LM log-probabilities, the k nearest
-keys of every position, p_kNN(y) = Σ_{i: v_i = y} softmax(−d_i / T)_i, and the perplexity of
-log((1−λ)·p_LM + λ·p_kNN) for each λ. Distances come from FAISS (approximate, PQ) and/or are
-recomputed exactly from keys.npy (the paper's default).
-
-Options:
-  -d, --datastore DIR    datastore directory (required)
-      --corpus SPEC      brown:test (default), brown:valid, or a text/.npy/.bin path
-      --max-tokens N     cap on evaluated tokens (default 100000)
-      --k N              neighbours per query (default 1024)
-      --nprobe N         lists probed per query (default: the datastore's)
-      --temperature T    softmax temperature on distances (default 1)
-      --lambdas LIST     comma-separated λ values (default 0.05,0.1,…,0.5)
-      --distance MODE    faiss | exact | both (default both)
-      --batch-size N     windows per model call (default 8)
-      --threads N        threads (default: all cores)
-      --plot FILE.svg    write perplexity against λ as an SVG plot
-  -c, --config FILE      configuration file (its eval section)
-      --json             print the result as JSON`);
-  }
-  if (!values.datastore) {
-    throw usageError("--datastore DIR is required", "e.g. knn eval --datastore data/default");
-  }
-  const flags: Record<string, unknown> = {
-    "eval.corpus": values.corpus,
-    "eval.max-tokens": values["max-tokens"],
-    "eval.k": values.k,
-    "eval.temperature": values.temperature,
-    "eval.lambdas": values.lambdas,
-    "eval.distance": values.distance,
-    "batch-size": values["batch-size"],
-    threads: values.threads,
-    "index.nprobe": values.nprobe,
-  };
-  const { config } = loadConfig({ file: values.config, flags });
-  const json = !!values.json;
+async function evalCommand(args: ParsedCommandLine) {
+  const loaded = loadCommandConfig(args);
+  const { config } = loaded;
+  const json = args.options.json as boolean;
+  const dir = args.options.datastore as string;
+  const plot = args.options.plot as string | undefined;
+  const m = await requireDatastore(dir);
+  checkK(loaded, m);
+  await requireFile(loaded, "eval.corpus", config.eval.corpus);
+  if (plot) await requireWritable("--plot", plot);
+  const nprobe = queryNprobe(loaded, m, false);
   // FAISS's OpenMP pool follows --threads too, not only ONNX Runtime.
   setNumThreads(config.threads > 0 ? config.threads : navigator.hardwareConcurrency || 1);
-  using ds = await Datastore.open(values.datastore, {
-    nprobe: values.nprobe ? config.index.nprobe : undefined,
-  });
+  using ds = await Datastore.open(dir, { nprobe });
   using model = await openDatastoreModel(ds, { threads: config.threads || undefined });
   const corpus = await loadCorpus(config.eval.corpus);
   const tokens = corpus.tokens.subarray(
@@ -459,6 +716,7 @@ Options:
     );
   }
   let bar: ProgressBar | undefined;
+  using interrupt = interruptSignal();
   const result = await evaluate({
     datastore: ds,
     model,
@@ -466,16 +724,16 @@ Options:
     k: config.eval.k,
     temperature: config.eval.temperature,
     lambdas: config.eval.lambdas,
-    modes: config.eval.distance === "both" ? ["faiss", "exact"] : [config.eval.distance],
+    modes: distanceModes(config.eval.distance),
     batchSize: config.batchSize,
     onProgress: (p) => {
       bar ??= new ProgressBar("eval", p.total, { unit: "tok", silent: json });
       bar.update(p.done);
     },
-    signal: interruptSignal(),
+    signal: interrupt.signal,
   });
   bar?.finish();
-  if (values.plot) {
+  if (plot) {
     const svg = lambdaPlotSvg({
       title: `kNN-LM perplexity on ${config.eval.corpus} (${result.tokens} tokens, k=${result.k})`,
       lambdas: [0, ...result.lambdas],
@@ -486,7 +744,11 @@ Options:
         best: { x: r!.best.lambda, y: r!.best.perplexity },
       })),
     });
-    await Deno.writeTextFile(values.plot, svg);
+    try {
+      await Deno.writeTextFile(plot, svg);
+    } catch (e) {
+      throw fsError(e, plot, "write the plot");
+    }
   }
   if (json) return void console.log(JSON.stringify(result, null, 2));
   const modes = Object.keys(result.modes) as ("faiss" | "exact")[];
@@ -509,74 +771,30 @@ Options:
   console.log(
     `\n${result.tokens} tokens in ${formatDuration(result.seconds)} ` +
       `(${formatCount(result.tokensPerSecond)} tok/s)` +
-      (values.plot ? `; plot: ${values.plot}` : ""),
+      (plot ? `; plot: ${plot}` : ""),
   );
 }
 
-const NEIGHBOR_FLAGS = {
-  ...COMMON,
-  datastore: { type: "string", short: "d" },
-  text: { type: "string", short: "t" },
-  k: { type: "string" },
-  lambda: { type: "string" },
-  nprobe: { type: "string" },
-  context: { type: "string" },
-  distance: { type: "string" },
-} as const;
-
-function intFlag(name: string, v: string | undefined, def: number, min = 1): number {
-  if (v === undefined) return def;
-  const n = Number(v);
-  if (!Number.isInteger(n) || n < min) {
-    throw usageError(`--${name}: expected an integer ≥ ${min}, found '${v}'`);
+async function neighborsCommand(args: ParsedCommandLine) {
+  const loaded = loadCommandConfig(args);
+  const { k, lambda, distance } = loaded.config.eval;
+  if (distance === "both") {
+    throw settingError(loaded, "eval.distance", 'expected "exact" or "faiss" here, found "both"');
   }
-  return n;
-}
-
-async function neighborsCommand(argv: string[]) {
-  const { values } = parse(argv, NEIGHBOR_FLAGS);
-  if (values.help) {
-    return void console.log(`Usage: knn neighbors --datastore DIR --text "..." [options]
-
-For the last position of the text: the retrieved neighbours with the corpus text before them,
-the token that followed them and their distance, and the top-5 next tokens by the LM, by kNN
-and interpolated.
-
-Options:
-  -d, --datastore DIR   datastore directory (required)
-  -t, --text TEXT       the context (required)
-      --k N             neighbours retrieved, shown and voting (default 8)
-      --lambda L        interpolation weight (default 0.25)
-      --nprobe N        lists probed (default: the datastore's)
-      --distance MODE   exact (default) or faiss
-      --context N       bytes of corpus text shown before each neighbour (default 60)
-      --json            print the result as JSON`);
-  }
-  if (!values.datastore || values.text === undefined) {
-    throw usageError(
-      "--datastore DIR and --text TEXT are required",
-      "see knn neighbors --help",
-    );
-  }
-  const k = intFlag("k", values.k, 8);
-  const lambda = values.lambda === undefined ? 0.25 : Number(values.lambda);
-  if (!(lambda >= 0 && lambda <= 1)) {
-    throw usageError(`--lambda: expected a number in [0, 1], found '${values.lambda}'`);
-  }
-  const distance = (values.distance ?? "exact") as "exact" | "faiss";
-  if (distance !== "exact" && distance !== "faiss") {
-    throw usageError(`--distance: expected 'exact' or 'faiss', found '${values.distance}'`);
-  }
-  const width = intFlag("context", values.context, 60);
+  const dir = args.options.datastore as string;
+  const text = args.options.text as string;
+  const width = args.options.context as number;
+  const m = await requireDatastore(dir);
+  checkK(loaded, m);
   using knn = await KnnLm.open({
-    datastore: values.datastore,
+    datastore: dir,
     k,
     lambda,
+    temperature: loaded.config.eval.temperature,
     distance,
-    nprobe: values.nprobe ? intFlag("nprobe", values.nprobe, 8) : undefined,
+    nprobe: queryNprobe(loaded, m, !!args.options.json),
   });
-  const context = encodeBytes(values.text);
-  const next = await knn.next(context);
+  const next = await knn.next(encodeBytes(text));
   const neighbours = next.neighbours.map((n) => ({
     row: n.row,
     distance: n.distance,
@@ -584,22 +802,18 @@ Options:
     context: decodeBytes(knn.corpusTokens(n.row - width + 1, n.row + 1)),
   }));
   const top = (p: Float64Array) =>
-    Array.from(p.keys()).filter((t) => p[t] > 0).sort((a, b) => p[b] - p[a]).slice(0, 5).map((
-      t,
-    ) => ({
-      token: byteTokenLabel(t),
-      p: p[t],
-    }));
+    Array.from(p.keys()).filter((t) => p[t] > 0).sort((a, b) => p[b] - p[a]).slice(0, 5)
+      .map((t) => ({ token: byteTokenLabel(t), p: p[t] }));
   const result = {
-    text: values.text,
+    text,
     k,
     lambda,
     distance,
     neighbours,
     top: { lm: top(next.lm), knn: top(next.knn), interpolated: top(next.mixed) },
   };
-  if (values.json) return void console.log(JSON.stringify(result, null, 2));
-  console.log(`context: …${JSON.stringify(values.text.slice(-width))}\n`);
+  if (args.options.json) return void console.log(JSON.stringify(result, null, 2));
+  console.log(`context: …${JSON.stringify(text.slice(-width))}\n`);
   console.log(`${"#".padStart(3)}  ${"row".padStart(9)}  ${"dist".padStart(9)}  next  context`);
   neighbours.forEach((n, i) =>
     console.log(
@@ -616,7 +830,19 @@ Options:
   console.log(`top-5 interpolated: ${fmt(result.top.interpolated)}  (λ=${lambda})`);
 }
 
-/** Runs the CLI on `argv`; returns the exit code. */
+// ---------------------------------------------------------------------------------------------
+// Entry point
+
+/** True when `argv` asks for help (before a `--`). */
+function wantsHelp(argv: string[]): boolean {
+  const end = argv.indexOf("--");
+  return (end < 0 ? argv : argv.slice(0, end)).some((a) => a === "--help" || a === "-h");
+}
+
+/**
+ * Runs the CLI on `argv` and returns the exit status: 0, or `exitStatus` of the error (2 for
+ * usage and settings, 1 for a missing file, 130 / 143 when interrupted, 75 when locked, …).
+ */
 export async function main(argv: string[]): Promise<number> {
   const [cmd, ...rest] = argv;
   const verbose = argv.includes("--verbose") || argv.includes("-v");
@@ -628,10 +854,14 @@ export async function main(argv: string[]): Promise<number> {
     console.log((await import("./lib/core/version.ts")).TOOLKIT_VERSION);
     return 0;
   }
-  const command = COMMANDS[cmd];
   try {
+    const command = Object.hasOwn(COMMANDS, cmd) ? COMMANDS[cmd] : undefined;
     if (!command) throw usageError(`unknown command '${cmd}'`, "see knn --help");
-    await command.run(rest);
+    if (wantsHelp(rest)) {
+      console.log(commandHelp(command));
+      return 0;
+    }
+    await command.run(parseCommandLine(rest, command.options, command.positionals ?? 0));
     return 0;
   } catch (e) {
     const err = e as Error;

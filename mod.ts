@@ -123,7 +123,6 @@ export {
   type DatastoreManifest,
   type GatherFingerprint,
   type GatherProgress,
-  type IndexParams,
   type PipelineEvent,
   type Stage,
 } from "./lib/datastore/mod.ts";

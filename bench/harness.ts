@@ -10,8 +10,15 @@
 
 import { join, resolve } from "node:path";
 import { loadCorpus } from "../lib/corpus/mod.ts";
+import { tail } from "../lib/core/_run.ts";
 import { loadAverage, machineInfo, systemCpu } from "./machine.ts";
-import { type MeasuredRun, parsePidCpuSeconds, runMeasured, USER_HZ } from "./proc.ts";
+import {
+  type MeasuredRun,
+  type MemoryPeaks,
+  parsePidCpuSeconds,
+  runMeasured,
+  USER_HZ,
+} from "./proc.ts";
 import {
   type BenchChecks,
   type BenchResults,
@@ -79,26 +86,17 @@ export interface BenchEnvironment {
   log: (line: string) => void;
 }
 
-/** A measured process, as recorded in the results. */
-interface RunRecord {
+/** A measured process, as recorded in the results: its memory peaks and CPU time, and more. */
+interface RunRecord extends MemoryPeaks {
   rep: number;
   side: Side;
   step: "build" | "eval" | "compare";
   command: string[];
   wallSeconds: number;
-  peakHwm?: number;
-  peakRssAnon?: number;
-  peakRss?: number;
-  samples: number;
-  cpuSeconds?: number;
   output: unknown;
 }
 
 type Json = Record<string, unknown>;
-
-function tail(text: string, lines = 15): string {
-  return text.trimEnd().split("\n").slice(-lines).join("\n");
-}
 
 async function removeDir(path: string) {
   try {
@@ -302,7 +300,7 @@ export async function runBench(s: BenchSettings, env: BenchEnvironment): Promise
     });
     if (run.code !== 0) {
       throw new Error(
-        `${side} ${step} failed (exit ${run.code}): ${argv.join(" ")}\n${tail(run.stderr)}`,
+        `${side} ${step} failed (exit ${run.code}): ${argv.join(" ")}\n${tail(run.stderr, 15)}`,
       );
     }
     const output = parseJsonOutput(run.stdout);

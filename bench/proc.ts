@@ -1,6 +1,6 @@
 /**
- * Measuring child processes: wall time, and peak memory sampled from `/proc/<pid>/status`
- * (Linux). Both sides of the benchmark are measured by this same code, so their numbers are
+ * Measuring processes: wall time, and peak memory sampled from `/proc/<pid>/status` (Linux),
+ * for the benchmark's child processes and the tests' bounded-memory checks. Both sides of the benchmark are measured by this same code, so their numbers are
  * comparable whatever each side would say about itself.
  *
  * `VmHWM` is the kernel's own peak resident set size: monotonic, so the last sample taken
@@ -23,6 +23,8 @@ export interface ProcMemory {
   rssAnon?: number;
   /** `RssFile`: resident file-backed memory now, e.g. mapped datastore pages. */
   rssFile?: number;
+  /** `RssShmem`: resident shared memory now (`vmRSS` = rssAnon + rssFile + rssShmem). */
+  rssShmem?: number;
 }
 
 const FIELDS: Record<string, keyof ProcMemory> = {
@@ -30,6 +32,7 @@ const FIELDS: Record<string, keyof ProcMemory> = {
   VmHWM: "vmHWM",
   RssAnon: "rssAnon",
   RssFile: "rssFile",
+  RssShmem: "rssShmem",
 };
 
 /**
@@ -50,6 +53,18 @@ export function parseProcStatus(text: string): ProcMemory | undefined {
   }
   if (out.vmRSS === undefined || out.vmHWM === undefined) return undefined;
   return out as ProcMemory;
+}
+
+/**
+ * Reads the memory counters of a process (default: this one) from `/proc/<pid>/status`.
+ * Throws, naming the file, when it cannot be read (not Linux, process gone) or has no memory
+ * lines.
+ */
+export function readProcStatus(pid: number | "self" = "self"): ProcMemory {
+  const path = `/proc/${pid}/status`;
+  const m = parseProcStatus(Deno.readTextFileSync(path));
+  if (!m) throw new Error(`${path}: no VmRSS/VmHWM lines`);
+  return m;
 }
 
 /** Clock ticks per second of `/proc` CPU times (`USER_HZ`, 100 on Linux). */

@@ -2,7 +2,10 @@
  * `deno task setup`: find FAISS (installing it with apt-get on Debian/Ubuntu when missing and
  * permitted), then compile the FFI shim into the build cache and check that it loads.
  *
- * Usage: deno run -A tasks/setup.ts [--force] [--no-install] [--test-deps]
+ * Usage: deno run -A tasks/setup.ts [--force] [--no-install] [--test-deps] [--verbose]
+ *
+ * Quiet when all is in place (every `deno task knn` runs it first): it prints only what it
+ * changed (an install, a compile) and problems; `--verbose` also reports what it found.
  *
  * `--test-deps` (used by `deno task test`) also makes sure the interop tests can run: Debian's
  * `/usr/bin/python3` with numpy and FAISS (`python3-numpy python3-faiss`), which read what the
@@ -20,6 +23,7 @@ import {
   LIB_ENV,
 } from "../lib/index/build.ts";
 import { faissLibraryPath, faissVersion } from "../lib/index/mod.ts";
+import { runSync } from "../lib/core/_run.ts";
 
 const INSTALL_CMD = `sudo apt-get update && sudo apt-get install -y ${APT_PACKAGES.join(" ")}`;
 const TEST_PACKAGES = ["python3-numpy", "python3-faiss"];
@@ -27,6 +31,13 @@ const TEST_PYTHON = "/usr/bin/python3";
 
 function say(msg: string): void {
   console.error(`setup: ${msg}`);
+}
+
+let verbose = false;
+
+/** Reports what was found (not a change, not a problem): only with --verbose. */
+function note(msg: string): void {
+  if (verbose) say(msg);
 }
 
 function fail(msg: string, hint: string): never {
@@ -45,19 +56,10 @@ function isDebianLike(): boolean {
   }
 }
 
-function succeeds(cmd: string, args: string[]): boolean {
-  try {
-    return new Deno.Command(cmd, { args, stdout: "null", stderr: "null", stdin: "null" })
-      .outputSync().success;
-  } catch {
-    return false;
-  }
-}
-
 // Root runs apt-get directly; others only with passwordless sudo (never prompts).
 function aptPrefix(): string[] | null {
   if (Deno.uid() === 0) return [];
-  if (succeeds("sudo", ["-n", "true"])) return ["sudo", "-n"];
+  if (runSync("sudo", ["-n", "true"]).ok) return ["sudo", "-n"];
   return null;
 }
 
@@ -103,8 +105,8 @@ function installOrExit(reason: string): void {
 
 // The interop tests read our files with numpy and Python FAISS (Debian's python3-*).
 function ensureTestDeps(noInstall: boolean): void {
-  if (succeeds(TEST_PYTHON, ["-c", "import numpy, faiss"])) {
-    say(`test interop: ${TEST_PYTHON} has numpy and faiss`);
+  if (runSync(TEST_PYTHON, ["-c", "import numpy, faiss"]).ok) {
+    note(`test interop: ${TEST_PYTHON} has numpy and faiss`);
     return;
   }
   const cmd = `sudo apt-get update && sudo apt-get install -y ${TEST_PACKAGES.join(" ")}`;
@@ -113,7 +115,7 @@ function ensureTestDeps(noInstall: boolean): void {
   if (prefix === null) fail(reason, cmd);
   say(`${reason}; installing ${TEST_PACKAGES.join(" ")} with apt-get`);
   aptInstall(prefix, TEST_PACKAGES);
-  if (!succeeds(TEST_PYTHON, ["-c", "import numpy, faiss"])) fail(`${reason} after install`, cmd);
+  if (!runSync(TEST_PYTHON, ["-c", "import numpy, faiss"]).ok) fail(`${reason} after install`, cmd);
 }
 
 function describe(tc: FaissToolchain): string {
@@ -128,24 +130,29 @@ function main(): void {
       force: { type: "boolean" },
       "no-install": { type: "boolean" },
       "test-deps": { type: "boolean" },
+      verbose: { type: "boolean", short: "v" },
       help: { type: "boolean", short: "h" },
     },
   });
   if (values.help) {
     console.log(
-      "Usage: deno task setup [--force] [--no-install]\n" +
+      "Usage: deno task setup [--force] [--no-install] [--test-deps] [--verbose]\n" +
         "  --force       recompile the shim even when the cache has it\n" +
         "  --no-install  never run apt-get; print the command instead\n" +
-        "  --test-deps   also ensure /usr/bin/python3 has numpy and faiss (interop tests)",
+        "  --test-deps   also ensure /usr/bin/python3 has numpy and faiss (interop tests)\n" +
+        "  --verbose     also say what was found when nothing needs doing",
     );
     return;
   }
 
+  verbose = !!values.verbose;
   if (values["test-deps"]) ensureTestDeps(!!values["no-install"]);
   const explicit = Deno.env.get(LIB_ENV);
   if (explicit) {
-    say(`${LIB_ENV}=${explicit} is set; checking it instead of building`);
-    say(`FAISS ${faissVersion()} shim loads from ${faissLibraryPath()}`);
+    note(`${LIB_ENV}=${explicit} is set; checking it instead of building`);
+    checkLoads(
+      `${LIB_ENV}=${explicit}: set it to a shim built by \`deno task setup\`, or unset it`,
+    );
     return;
   }
 
@@ -159,7 +166,7 @@ function main(): void {
       fail(`still missing after install: ${tc.missing.join(", ")}`, INSTALL_CMD);
     }
   }
-  say(describe(tc));
+  note(describe(tc));
 
   let build;
   try {
@@ -173,12 +180,22 @@ function main(): void {
     installOrExit(`shim build failed (${msg.split("\n")[0]})`);
     build = buildShim({ toolchain: findToolchain(), force: true });
   }
-  say(
-    build.cached
-      ? `shim up to date (cached): ${build.path}`
-      : `shim compiled in ${build.seconds.toFixed(1)} s: ${build.path}`,
-  );
-  say(`FAISS ${faissVersion()} shim loads from ${faissLibraryPath()}`);
+  if (build.cached) note(`shim up to date (cached): ${build.path}`);
+  else {say(
+      `compiled the FAISS shim in ${build.seconds.toFixed(1)} s: ${build.path} (${describe(tc)})`,
+    );}
+  checkLoads("deno task setup --force");
+}
+
+// The shim must load, not just exist: report a failure as one line plus the fix.
+function checkLoads(hint: string): void {
+  let version: string;
+  try {
+    version = faissVersion();
+  } catch (e) {
+    fail(`the FAISS shim does not load: ${e instanceof Error ? e.message : e}`, hint);
+  }
+  note(`FAISS ${version} shim loads from ${faissLibraryPath()}`);
 }
 
 if (import.meta.main) main();

@@ -1,7 +1,7 @@
 // Pure helpers of the benchmark harness. No timings are asserted anywhere.
 import assert from "node:assert/strict";
 import { describeRatio, formatMiB, formatRatio, median, ratio } from "../bench/stats.ts";
-import { foldPeaks, parsePidCpuSeconds, parseProcStatus } from "../bench/proc.ts";
+import { foldPeaks, parsePidCpuSeconds, parseProcStatus, readProcStatus } from "../bench/proc.ts";
 import { parseCpuModel, parseMemTotal, parseSystemCpu } from "../bench/machine.ts";
 import { encodeTokensNpy } from "../bench/tokens.ts";
 import { numberAt, parseJsonOutput, referenceValues, toolkitValues } from "../bench/outputs.ts";
@@ -71,7 +71,16 @@ Deno.test("/proc status memory lines are read in KiB and returned in bytes", () 
     vmRSS: 512000 * 1024,
     rssAnon: 400000 * 1024,
     rssFile: 110000 * 1024,
+    rssShmem: 2000 * 1024,
   });
+});
+
+Deno.test("this process's own counters are read live and add up as the kernel defines them", () => {
+  const s = readProcStatus();
+  assert.ok(s.rssAnon! > 0 && s.rssFile! > 0, JSON.stringify(s));
+  assert.ok(s.vmHWM >= s.vmRSS);
+  assert.equal(s.vmRSS, s.rssAnon! + s.rssFile! + s.rssShmem!);
+  assert.throws(() => readProcStatus(2 ** 30), /\/proc\/1073741824\/status/);
 });
 
 Deno.test("a /proc status without memory lines (a zombie) parses to undefined", () => {

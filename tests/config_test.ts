@@ -2,17 +2,27 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import {
-  coerceFlags,
   configArgOptions,
   ConfigError,
   DEFAULT_CONFIG,
   describeConfigKeys,
+  describeOptions,
+  KnnError,
   loadConfig,
-  parseJsonc,
-} from "../lib/config/config.ts";
+  type OptionSpec,
+  parseCommandLine,
+} from "../lib/config/mod.ts";
+import { coerceFlags } from "../lib/config/flags.ts";
+import { parseJsonc } from "../lib/config/_jsonc.ts";
+
+const tempDirs: string[] = [];
+globalThis.addEventListener("unload", () => {
+  for (const d of tempDirs) Deno.removeSync(d, { recursive: true });
+});
 
 function writeConfig(text: string, name = "knnlm.jsonc"): string {
   const dir = Deno.makeTempDirSync({ prefix: "knnlm-config-" });
+  tempDirs.push(dir);
   const path = join(dir, name);
   Deno.writeTextFileSync(path, text);
   return path;
@@ -99,11 +109,41 @@ Deno.test("a JSON syntax error names the file and the line", () => {
   // V8 gives no position for some errors; the line is still found.
   const file2 = writeConfig(`{\n  // comment\n  "seqLen": }`);
   const [issue2] = issuesOf(() => loadConfig({ file: file2 }));
-  assert.equal(issue2.message, "invalid JSON at line 3, column 13: Unexpected token '}'");
+  assert.equal(issue2.message, "invalid JSON at line 3, column 13: expected a value");
+});
+
+Deno.test("every JSONC syntax error names its line and column", () => {
+  const cases: [string, string][] = [
+    [`{\n  "seqLen": 64\n  "stride": 32\n}`, "line 3, column 3: expected ',' or the end"],
+    [`{\n  "seqLen": 64,\n  /* never closed\n}`, "line 3, column 3: unterminated /* comment"],
+    [`{ "seqLen": 64 }\n}`, "line 2, column 1: unexpected text after the value"],
+    [`{\r\n  "out": "abc\r\n}`, "line 2, column 10: unterminated string"],
+    [`{ seqLen: 64 }`, "line 1, column 3: unexpected character"],
+    [``, "line 1, column 1: expected a value"],
+  ];
+  for (const [text, where] of cases) {
+    assert.throws(() => parseJsonc(text), (e: Error) => {
+      assert.ok(e instanceof SyntaxError);
+      assert.ok(
+        e.message.startsWith(`invalid JSON at ${where}`),
+        `${JSON.stringify(text)}: ${e.message}`,
+      );
+      return true;
+    });
+  }
+  // Through loadConfig the file is named and the code is E_CONFIG.
+  const file = writeConfig(cases[0][0]);
+  assert.throws(() => loadConfig({ file }), (e: Error) => {
+    assert.ok(KnnError.is(e, "E_CONFIG"));
+    assert.ok(e.message.startsWith(`${file}: invalid JSON at line 3, column 3`), e.message);
+    return true;
+  });
 });
 
 Deno.test("a missing config file is an error naming its path", () => {
-  const file = join(Deno.makeTempDirSync(), "absent.jsonc");
+  const dir = Deno.makeTempDirSync();
+  tempDirs.push(dir);
+  const file = join(dir, "absent.jsonc");
   assert.throws(() => loadConfig({ file }), (e: Error) => {
     assert.ok(e instanceof ConfigError);
     assert.equal(e.message, `${file}: config file not found`);
@@ -236,7 +276,7 @@ Deno.test("DEFAULT_CONFIG is frozen and describeConfigKeys covers every key with
     (DEFAULT_CONFIG.eval.lambdas as number[]).push(1);
   });
   const rows = describeConfigKeys();
-  assert.equal(rows.length, 27);
+  assert.equal(rows.length, 28);
   const nlist = rows.find((r) => r.key === "index.nlist")!;
   assert.deepEqual(nlist.flags, ["--index.nlist", "--nlist"]);
   assert.equal(nlist.type, "an integer ≥ 1");
@@ -245,4 +285,133 @@ Deno.test("DEFAULT_CONFIG is frozen and describeConfigKeys covers every key with
   const evalMax = rows.find((r) => r.key === "eval.maxTokens")!;
   assert.deepEqual(evalMax.flags, ["--eval.max-tokens"]);
   assert.equal(rows.find((r) => r.key === "stride")!.type, "an integer in 1..seqLen");
+});
+
+Deno.test("flagMap gives a command its own flag names for keys", () => {
+  const flagMap = { corpus: "eval.corpus", "eval.corpus": "eval.corpus", k: "eval.k" };
+  const { config, sources } = loadConfig({ flags: { corpus: "held.txt", k: "16" }, flagMap });
+  assert.equal(config.eval.corpus, "held.txt");
+  assert.equal(config.corpus, DEFAULT_CONFIG.corpus);
+  assert.equal(sources["eval.corpus"], "--corpus");
+  assert.equal(config.eval.k, 16);
+  const issues = issuesOf(() => loadConfig({ flags: { nlist: "3", k: "0" }, flagMap }));
+  assert.deepEqual(issues.map((i) => new ConfigError([i]).message), [
+    "--nlist: unknown option",
+    "--k: eval.k: expected an integer ≥ 1, found 0",
+  ]);
+});
+
+const TABLE: OptionSpec[] = [
+  {
+    name: "datastore",
+    short: "d",
+    value: { kind: "string" },
+    arg: "DIR",
+    doc: "d",
+    required: true,
+  },
+  { name: "context", value: { kind: "integer", min: 1, max: 100 }, default: 60, doc: "c" },
+  { name: "json", doc: "j" },
+  { key: "eval.k", default: 8 },
+  { key: "index.nprobe" },
+  { key: "seqLen" },
+  { key: "eval.distance", only: ["exact", "faiss"] },
+];
+
+function parseError(argv: string[]): KnnError {
+  try {
+    parseCommandLine(argv, TABLE, 1);
+  } catch (e) {
+    assert.ok(e instanceof KnnError, String(e));
+    return e;
+  }
+  assert.fail(`parsed: ${argv.join(" ")}`);
+}
+
+Deno.test("parseCommandLine splits options, settings and positionals by the table", () => {
+  const p = parseCommandLine(
+    ["-d", "ds", "--k=4", "--nprobe", "-1", "--json", "--seqLen", "512", "--", "--pos"],
+    TABLE,
+    1,
+  );
+  assert.deepEqual(p.options, { datastore: "ds", context: 60, json: true });
+  // Settings stay strings for loadConfig, which reports them like any other flag.
+  assert.deepEqual(p.flags, { k: "4", nprobe: "-1", seqLen: "512" });
+  assert.deepEqual(p.positionals, ["--pos"]);
+  assert.deepEqual(p.defaults, { eval: { k: 8 } });
+  assert.equal(p.flagMap.k, "eval.k");
+  assert.equal(p.flagMap["eval.k"], "eval.k");
+  assert.equal(p.flagMap["seq-len"], "seqLen");
+  const issues = issuesOf(() =>
+    loadConfig({ flags: p.flags, flagMap: p.flagMap, defaults: p.defaults })
+  );
+  assert.deepEqual(issues.map((i) => new ConfigError([i]).message), [
+    "--nprobe: index.nprobe: expected an integer ≥ 1, found -1",
+  ]);
+  assert.equal(
+    loadConfig({ flags: {}, flagMap: p.flagMap, defaults: p.defaults }).config.eval.k,
+    8,
+    "the command's own default",
+  );
+});
+
+Deno.test("parseCommandLine reports usage and value mistakes with their codes", () => {
+  const cases: [string[], string, string][] = [
+    [["--nprobee", "3"], "E_USAGE", "--nprobee: unknown option; did you mean --nprobe?"],
+    [["-d", "x", "--k"], "E_USAGE", "--k: expected a value"],
+    [["-d", "x", "--k", "--json"], "E_USAGE", "--k: expected a value"],
+    [["--json=yes"], "E_USAGE", "--json: takes no value, found 'yes'"],
+    [["--json"], "E_USAGE", "--datastore DIR is required"],
+    [["-d", "x", "a", "b"], "E_USAGE", "unexpected argument 'b'"],
+    [
+      ["-d", "x", "--context", "-1"],
+      "E_CONFIG",
+      "--context: expected an integer in 1..100, found -1",
+    ],
+    [
+      ["-d", "x", "--context", "many"],
+      "E_CONFIG",
+      '--context: expected an integer in 1..100, found "many"',
+    ],
+    [
+      ["-d", "x", "--distance", "both"],
+      "E_CONFIG",
+      '--distance: eval.distance: expected one of "exact", "faiss", found "both"',
+    ],
+  ];
+  for (const [argv, code, message] of cases) {
+    const e = parseError(argv);
+    assert.equal(e.code, code, argv.join(" "));
+    assert.equal(e.message, message);
+  }
+});
+
+Deno.test("describeOptions lists each option once with its short flag, range and default", () => {
+  const rows = describeOptions(TABLE);
+  assert.deepEqual(rows.map((r) => r.flags.trim()), [
+    "-d, --datastore DIR",
+    "--context N",
+    "--json",
+    "--k N",
+    "--nprobe N",
+    "--seq-len N",
+    "--distance exact|faiss",
+  ]);
+  const k = rows[3];
+  assert.deepEqual([k.default, k.range, k.aliases], ["8", "≥ 1", ["--eval.k"]]);
+  assert.equal(rows[0].required, true);
+  assert.equal(rows[5].range, "2..65536");
+  assert.equal(rows[5].default, String(DEFAULT_CONFIG.seqLen));
+});
+
+Deno.test("planIndex takes its defaults from the schema and returns the config's shape", async () => {
+  const { planIndex } = await import("../lib/datastore/mod.ts");
+  const { params, warnings } = planIndex(10_000_000, 128);
+  assert.deepEqual(warnings, []);
+  // The manifest records these: the config's index section, with the factory actually built.
+  const { factory, ...rest } = params;
+  const { factory: _none, ...defaults } = DEFAULT_CONFIG.index;
+  assert.equal(factory, `IVF${defaults.nlist},PQ${defaults.m}x${defaults.nbits}`);
+  assert.deepEqual(rest, defaults);
+  assert.equal(planIndex(1000, 128, { nprobe: 3, nlist: 4 }).params.nprobe, 3);
 });

@@ -157,7 +157,14 @@ Deno.test("user corpora: a text file, a folder of files, .npy ids and a uint16 .
     const fromNpy = await loadCorpus(i4);
     assert.deepEqual(Array.from(fromNpy.tokens), Array.from(ids));
     assert.equal(fromNpy.identity, one.identity);
-    assert.equal(fromNpy.identity, await tokenIdentity(ids));
+    // The identity is sha256 of the ids as little-endian int32, computed here with WebCrypto
+    // over bytes laid out by hand (the library uses node:crypto over the Int32Array's buffer).
+    const le = new DataView(new ArrayBuffer(4 * ids.length));
+    ids.forEach((id, i) => le.setInt32(4 * i, id, true));
+    const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", le.buffer));
+    const hex = Array.from(digest, (b) => b.toString(16).padStart(2, "0")).join("");
+    assert.equal(fromNpy.identity, hex);
+    assert.equal(await tokenIdentity(ids), hex);
 
     const u2 = join(dir, "ids16.npy");
     await Deno.writeFile(

@@ -63,12 +63,14 @@ Deno.test("buildShim compiles into an empty cache once and reuses the build afte
   }
 });
 
-Deno.test("a bad KNNLM_FAISS_LIB fails with one error naming the path and the fix", () => {
+Deno.test("a bad KNNLM_FAISS_LIB fails with one E_SETUP error naming the path and the fix", () => {
   const r = runBinding(
-    `import { faissVersion } from "MOD"; faissVersion();`,
+    `import { faissVersion } from "MOD";
+     try { faissVersion(); } catch (e) { console.error("code:", e.code, "path:", e.path); throw e; }`,
     { KNNLM_FAISS_LIB: "/nonexistent/libknnlm_faiss.so" },
   );
   assert.equal(r.ok, false);
+  assert.ok(r.stderr.includes("code: E_SETUP path: /nonexistent/libknnlm_faiss.so"), r.stderr);
   assert.match(
     r.stderr,
     /cannot load the FAISS shim from KNNLM_FAISS_LIB=\/nonexistent\/libknnlm_faiss\.so/,
@@ -76,17 +78,18 @@ Deno.test("a bad KNNLM_FAISS_LIB fails with one error naming the path and the fi
   assert.match(r.stderr, /deno task setup/);
 });
 
-Deno.test("with no cached build and no compiler the loader lists every path tried", () => {
+Deno.test("with no cached build and no compiler the loader's E_SETUP error lists every path tried", () => {
   const cache = Deno.makeTempDirSync({ prefix: "knnlm_empty_cache_" });
   try {
     const r = runBinding(
       `import { FaissIndex } from "MOD";
        try { FaissIndex.factory(4, "Flat"); } catch (e) {
-         console.error(e.message, "\\ncause:", String(e.cause)); Deno.exit(3);
+         console.error(e.code, e.message, "\\ncause:", String(e.cause)); Deno.exit(3);
        }`,
       { KNNLM_CACHE_DIR: cache, PATH: "/nonexistent" },
     );
     assert.equal(r.ok, false);
+    assert.ok(r.stderr.startsWith("E_SETUP cannot load the FAISS shim"), r.stderr);
     assert.match(r.stderr, /cannot load the FAISS shim \(libknnlm_faiss\.so\)\. Tried:/);
     assert.ok(r.stderr.includes(`${cache}/faiss-shim/*/${LIB_NAME}`), r.stderr);
     assert.match(r.stderr, /no compile: missing C\+\+ compiler \(g\+\+\)/);

@@ -107,3 +107,71 @@ print(json.dumps({"labels": I.ravel().tolist(), "distances": D.ravel().tolist()}
     Deno.removeSync(dir, { recursive: true });
   }
 });
+
+Deno.test("mergeOnDisk writes the same faiss.ivfdata bytes as Python's merge_ondisk, and each reads the other's", async () => {
+  const dir = Deno.makeTempDirSync({ prefix: "knnlm_faiss_interop_" });
+  try {
+    const d = 16, k = 5, nlist = 16, n = 6_000;
+    const data = rows(n, d, 3);
+    const queries = rows(12, d, 4);
+    using trained = FaissIndex.ivfpq({ d, nlist, m: 4, nbits: 6 });
+    trained.train(data);
+    trained.write(`${dir}/trained.index`);
+    const shards = [0, 1, 2].map((p) => {
+      using shard = FaissIndex.read(`${dir}/trained.index`);
+      const [a, b] = [p * 2_000, (p + 1) * 2_000];
+      const ids = BigInt64Array.from({ length: b - a }, (_, i) => BigInt(a + i));
+      shard.addWithIds(data.subarray(a * d, b * d), ids);
+      shard.write(`${dir}/shard${p}.index`);
+      return `${dir}/shard${p}.index`;
+    });
+    Deno.mkdirSync(`${dir}/ours`);
+    using merged = await FaissIndex.mergeOnDisk({
+      trained,
+      shards,
+      ivfdata: `${dir}/ours/faiss.ivfdata`,
+    });
+    merged.nprobe = nlist;
+    merged.write(`${dir}/ours/faiss.index`);
+    const ours = merged.search(queries, k);
+    Deno.writeFileSync(`${dir}/queries.f32`, bytesOf(queries));
+
+    const script = `
+import json, sys, faiss, numpy as np
+from faiss.contrib.ondisk import merge_ondisk
+d, k, nlist, dir = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+q = np.fromfile(dir + "/queries.f32", dtype=np.float32).reshape(-1, d)
+index = faiss.read_index(dir + "/trained.index")
+merge_ondisk(index, [dir + "/shard%d.index" % p for p in range(3)], dir + "/py/faiss.ivfdata")
+faiss.extract_index_ivf(index).nprobe = nlist
+faiss.write_index(index, dir + "/py/faiss.index")
+theirs = faiss.read_index(dir + "/ours/faiss.index")  # our merged index, lists by recorded path
+faiss.extract_index_ivf(theirs).nprobe = nlist
+out = {}
+for name, ix in (("python", index), ("ours", theirs)):
+    D, I = ix.search(q, k)
+    out[name] = {"ntotal": ix.ntotal, "labels": I.ravel().tolist(), "distances": D.ravel().tolist()}
+print(json.dumps(out))  # last line: FAISS's merge prints "resizing ..." before it
+`;
+    Deno.mkdirSync(`${dir}/py`);
+    const stdout = python(script, [String(d), String(k), String(nlist), dir]).trim().split("\n");
+    const py = JSON.parse(stdout[stdout.length - 1]);
+    assert.deepEqual(
+      Deno.readFileSync(`${dir}/ours/faiss.ivfdata`),
+      Deno.readFileSync(`${dir}/py/faiss.ivfdata`),
+      "byte-identical lists",
+    );
+    for (const name of ["python", "ours"]) {
+      assert.equal(py[name].ntotal, n);
+      assert.deepEqual(py[name].labels.map(BigInt), [...ours.labels], name);
+      py[name].distances.forEach((dist: number, i: number) =>
+        assert.ok(Math.abs(dist - ours.distances[i]) <= 1e-5 * Math.max(1, dist), `${name} ${i}`)
+      );
+    }
+    using theirs = FaissIndex.read(`${dir}/py/faiss.index`, { readOnly: true });
+    assert.equal(theirs.onDiskLists?.path, `${dir}/py/faiss.ivfdata`);
+    assert.deepEqual(theirs.search(queries, k), ours);
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
+});

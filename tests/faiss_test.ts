@@ -1,5 +1,28 @@
 import assert from "node:assert/strict";
-import { FaissIndex, getNumThreads, setNumThreads } from "../lib/index/mod.ts";
+import { type ErrorCode, KnnError } from "../lib/core/errors.ts";
+import { FaissIndex } from "../lib/index/mod.ts";
+
+// The KnnError code of what fn throws (or its promise rejects with).
+async function codeOf(fn: () => unknown): Promise<ErrorCode> {
+  try {
+    await fn();
+  } catch (e) {
+    assert.ok(e instanceof KnnError, `expected a KnnError, got ${e}`);
+    return e.code;
+  }
+  assert.fail("expected an error");
+}
+
+// The thrown KnnError itself (sync).
+function errorOf(fn: () => unknown): KnnError {
+  try {
+    fn();
+  } catch (e) {
+    assert.ok(e instanceof KnnError, `expected a KnnError, got ${e}`);
+    return e;
+  }
+  assert.fail("expected an error");
+}
 
 // Deterministic uniform [0, 1) floats: [n, d] row-major.
 function randomRows(n: number, d: number, seed: number): Float32Array {
@@ -99,14 +122,16 @@ Deno.test("IVFPQ with nprobe = nlist finds each stored vector as its own nearest
   });
 });
 
-Deno.test("nprobe reaches the IVF index through IDMap and PreTransform wrappers", () => {
+Deno.test("nprobe reaches the IVF index through IDMap and PreTransform wrappers", async () => {
   using index = FaissIndex.factory(8, "IDMap,PCA4,IVF4,Flat");
   assert.equal(index.nprobe, 1);
   index.nprobe = 3;
   assert.equal(index.nprobe, 3);
   using flat = FaissIndex.factory(8, "Flat");
-  assert.throws(() => flat.nprobe, /nprobe applies only to IVF indexes; this index is .*IndexFlat/);
-  assert.throws(() => (index.nprobe = 0), /nprobe must be an integer/);
+  const e = errorOf(() => flat.nprobe);
+  assert.equal(e.code, "E_NATIVE");
+  assert.ok(e.message.includes("IndexFlat"), e.message);
+  assert.equal(await codeOf(() => (index.nprobe = 0)), "E_CONFIG");
 });
 
 Deno.test("add numbers vectors sequentially and addWithIds keeps the given ids", () => {
@@ -124,10 +149,9 @@ Deno.test("add numbers vectors sequentially and addWithIds keeps the given ids",
   const ids = BigInt64Array.from([1000n, 2000n, 3000n, 9_007_199_254_740_993n, -5n]);
   mapped.addWithIds(a, ids);
   assert.deepEqual([...mapped.search(a, 1).labels], [...ids]);
-  assert.throws(
-    () => seq.addWithIds(a, ids),
-    /faiss add_with_ids: .*add_with_ids not implemented for this type of index/,
-  );
+  const e = errorOf(() => seq.addWithIds(a, ids));
+  assert.equal(e.code, "E_NATIVE");
+  assert.ok(e.message.includes("add_with_ids not implemented"), `FAISS's message: ${e.message}`);
 });
 
 Deno.test("a search for more neighbours than stored vectors pads labels with -1", () => {
@@ -207,11 +231,11 @@ Deno.test("async train, add, addWithIds and search match their sync forms", asyn
   const queries = randomRows(10, d, 12);
   const ids = BigInt64Array.from({ length: 1_000 }, (_, i) => BigInt(i) + 10_000n);
   using syncIndex = FaissIndex.factory(d, "IDMap,IVF8,Flat");
-  syncIndex.train(data, 800);
+  syncIndex.train(data, { n: 800 });
   syncIndex.addWithIds(data, ids);
   syncIndex.nprobe = 8;
   using asyncIndex = FaissIndex.factory(d, "IDMap,IVF8,Flat");
-  await asyncIndex.trainAsync(data, 800);
+  await asyncIndex.trainAsync(data, { n: 800 });
   await asyncIndex.addWithIdsAsync(data, ids);
   asyncIndex.nprobe = 8;
   const [a, b] = await Promise.all([
@@ -250,7 +274,7 @@ Deno.test("write then read (with and without mmap) gives identical search result
     using mapped = FaissIndex.read(path, { mmap: true });
     assert.equal(mapped.type, "faiss::IndexIVFPQ");
     assert.deepEqual(mapped.search(queries, 5), expected);
-    assert.throws(() => mapped.add(data), /faiss add: .*read_only/);
+    assert.equal(await codeOf(() => mapped.add(data)), "E_NATIVE");
 
     await index.writeAsync(`${dir}/again.index`);
     assert.deepEqual(Deno.readFileSync(`${dir}/again.index`), Deno.readFileSync(path));
@@ -259,75 +283,90 @@ Deno.test("write then read (with and without mmap) gives identical search result
   }
 });
 
-Deno.test("shape errors are caught in TypeScript with messages naming the problem", () => {
+Deno.test("shape errors are caught in TypeScript as E_CONFIG naming the problem", async () => {
   using index = FaissIndex.factory(4, "Flat");
-  assert.throws(
-    () => index.add(new Float32Array(7)),
-    /add: array length 7 is not a multiple of d = 4/,
-  );
-  assert.throws(() => index.add(new Float32Array(0)), /add: no vectors/);
-  assert.throws(
-    () => index.search(new Float32Array(4), 0),
-    /search: k must be an integer in 1\.\./,
-  );
-  assert.throws(() => index.search(new Float32Array(4), 1.5), /k must be an integer/);
-  assert.throws(
-    () => index.addWithIds(new Float32Array(8), new BigInt64Array(3)),
-    /addWithIds: 3 ids for 2 vectors/,
-  );
-  assert.throws(() => index.train(new Float32Array(8), 3), /train: n = 3 but only 2 rows/);
-  assert.throws(
-    () =>
-      index.add({ pointer: Deno.UnsafePointer.of(new Float32Array(4))!, n: 0, dtype: "float32" }),
-    /add: n must be an integer/,
-  );
-  assert.throws(
-    () => index.add(new Float64Array(4) as unknown as Float32Array),
-    /vectors must be a Float32Array/,
-  );
-  assert.throws(() => FaissIndex.ivfpq({ d: 10, nlist: 4, m: 3 }), /m \(3\) must divide d \(10\)/);
-  assert.throws(() => FaissIndex.factory(0, "Flat"), /d must be an integer/);
+  const bad: [string, () => unknown, string][] = [
+    ["length 7", () => index.add(new Float32Array(7)), "array length 7 is not a multiple of d = 4"],
+    ["empty", () => index.add(new Float32Array(0)), "no vectors"],
+    ["k 0", () => index.search(new Float32Array(4), 0), "k must be an integer in 1.."],
+    ["k 1.5", () => index.search(new Float32Array(4), 1.5), "k must be an integer"],
+    [
+      "ids",
+      () => index.addWithIds(new Float32Array(8), new BigInt64Array(3)),
+      "3 ids for 2 vectors",
+    ],
+    ["n > rows", () => index.train(new Float32Array(8), { n: 3 }), "n = 3 but only 2 rows"],
+    [
+      "pointer n 0",
+      () =>
+        index.add({ pointer: Deno.UnsafePointer.of(new Float32Array(4))!, n: 0, dtype: "float32" }),
+      "n must be an integer",
+    ],
+    [
+      "float64",
+      () => index.add(new Float64Array(4) as unknown as Float32Array),
+      "vectors must be a Float32Array",
+    ],
+    ["m | d", () => FaissIndex.ivfpq({ d: 10, nlist: 4, m: 3 }), "m (3) must divide d (10)"],
+    ["d 0", () => FaissIndex.factory(0, "Flat"), "d must be an integer"],
+  ];
+  for (const [name, fn, says] of bad) {
+    const e = errorOf(fn);
+    assert.equal(e.code, "E_CONFIG", name);
+    assert.ok(e.message.includes(says), `${name}: ${e.message}`);
+  }
+  assert.equal(await codeOf(() => index.searchAsync(new Float32Array(3), 1)), "E_CONFIG");
 });
 
 Deno.test("adding to an untrained IVF index throws before calling FAISS", async () => {
   using index = FaissIndex.ivfpq({ d: 8, nlist: 4, m: 2 });
-  assert.throws(
-    () => index.add(new Float32Array(8)),
-    /add: index is not trained; call train\(\) first/,
+  assert.equal(await codeOf(() => index.add(new Float32Array(8))), "E_USAGE");
+  assert.equal(
+    await codeOf(() => index.addWithIdsAsync(new Float32Array(8), new BigInt64Array(1))),
+    "E_USAGE",
   );
-  await assert.rejects(
-    index.addWithIdsAsync(new Float32Array(8), new BigInt64Array(1)),
-    /addWithIdsAsync: index is not trained/,
-  );
+  assert.equal(index.ntotal, 0);
 });
 
-Deno.test("FAISS errors surface as JS errors carrying FAISS's own message", () => {
-  assert.throws(
-    () => FaissIndex.factory(8, "IVF4,Bogus"),
-    /faiss index_factory\(8, "IVF4,Bogus"\): .*could not parse/,
-  );
-  const missing = `${Deno.makeTempDirSync()}/no_such.index`;
-  assert.throws(
-    () => FaissIndex.read(missing),
-    (e: Error) =>
-      e.message.startsWith(`${missing}: faiss read_index`) && /could not open/.test(e.message),
-  );
+Deno.test("FAISS errors are E_NATIVE with FAISS's own message; a missing file is E_NOT_FOUND", () => {
+  const e = errorOf(() => FaissIndex.factory(8, "IVF4,Bogus"));
+  assert.equal(e.code, "E_NATIVE");
+  assert.ok(e.message.includes("could not parse"), `FAISS's message: ${e.message}`);
+  const dir = Deno.makeTempDirSync({ prefix: "knnlm_faiss_test_" });
+  try {
+    const missing = `${dir}/no_such.index`;
+    const nf = errorOf(() => FaissIndex.read(missing));
+    assert.equal(nf.code, "E_NOT_FOUND");
+    assert.equal(nf.path, missing);
+    assert.ok(nf.message.startsWith(`${missing}: `), nf.message);
+    Deno.writeTextFileSync(`${dir}/junk.index`, "not an index");
+    const junk = errorOf(() => FaissIndex.read(`${dir}/junk.index`));
+    assert.equal(junk.code, "E_CORRUPT");
+    assert.equal(junk.path, `${dir}/junk.index`);
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
 });
 
-Deno.test("every method throws after close, and close is idempotent", async () => {
+Deno.test("every method throws E_USAGE after close, and close is idempotent", async () => {
   const index = FaissIndex.factory(2, "Flat");
   index.add(new Float32Array([1, 2]));
   index.close();
   index.close();
   assert.equal(index.closed, true);
   const q = new Float32Array([1, 2]);
-  assert.throws(() => index.search(q, 1), /search: index is closed/);
-  assert.throws(() => index.add(q), /add: index is closed/);
-  assert.throws(() => index.ntotal, /ntotal: index is closed/);
-  assert.throws(() => index.d, /d: index is closed/);
-  assert.throws(() => index.write("/tmp/never.index"), /write: index is closed/);
-  assert.throws(() => index.reset(), /reset: index is closed/);
-  await assert.rejects(index.searchAsync(q, 1), /searchAsync: index is closed/);
+  const calls: [string, () => unknown][] = [
+    ["search", () => index.search(q, 1)],
+    ["add", () => index.add(q)],
+    ["ntotal", () => index.ntotal],
+    ["d", () => index.d],
+    ["write", () => index.write("/tmp/never.index")],
+    ["reset", () => index.reset()],
+    ["onDiskLists", () => index.onDiskLists],
+    ["searchAsync", () => index.searchAsync(q, 1)],
+    ["trainAsync", () => index.trainAsync(q)],
+  ];
+  for (const [name, call] of calls) assert.equal(await codeOf(call), "E_USAGE", name);
 });
 
 Deno.test("an index busy with an async call refuses close and modification until it settles", async () => {
@@ -335,39 +374,40 @@ Deno.test("an index busy with an async call refuses close and modification until
   using index = FaissIndex.factory(d, "Flat");
   index.add(randomRows(2_000, d, 15));
   const pending = index.searchAsync(randomRows(200, d, 16), 5);
-  assert.throws(
-    () => index.close(),
-    /cannot close while searchAsync is in progress; await it first/,
-  );
-  assert.throws(
-    () => index.add(new Float32Array(d)),
-    /add: searchAsync is in progress on this index/,
-  );
+  assert.equal(await codeOf(() => index.close()), "E_USAGE");
+  assert.equal(await codeOf(() => index.add(new Float32Array(d))), "E_USAGE");
   const concurrent = index.searchAsync(new Float32Array(d), 1);
   const result = await pending;
   await concurrent;
   assert.equal(result.labels.length, 1_000);
   const adding = index.addAsync(new Float32Array(d));
-  await assert.rejects(
-    index.searchAsync(new Float32Array(d), 1),
-    /searchAsync: addAsync is in progress/,
-  );
+  assert.equal(await codeOf(() => index.searchAsync(new Float32Array(d), 1)), "E_USAGE");
   await adding;
   assert.equal(index.ntotal, 2_001);
   index.reset();
   assert.equal(index.ntotal, 0);
 });
 
-Deno.test("setNumThreads changes the OpenMP thread count that getNumThreads reports", () => {
-  const before = getNumThreads();
-  assert.ok(before >= 1);
-  try {
-    setNumThreads(1);
-    assert.equal(getNumThreads(), 1);
-  } finally {
-    setNumThreads(before);
-  }
-  assert.throws(() => setNumThreads(0), /n must be an integer/);
+Deno.test("setNumThreads changes the OpenMP thread count that getNumThreads reports", async () => {
+  // FAISS's thread count is process-wide: change it in a child process, not under the other
+  // test files that share this one.
+  const mod = new URL("../lib/index/mod.ts", import.meta.url).href;
+  const code = `import { getNumThreads, setNumThreads } from ${JSON.stringify(mod)};
+    const before = getNumThreads();
+    setNumThreads(before === 1 ? 2 : 1);
+    let rejected = "";
+    try { setNumThreads(0); } catch (e) { rejected = e.code; }
+    console.log(JSON.stringify({ before, after: getNumThreads(), rejected }));`;
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["eval", "--quiet", code],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  assert.equal(out.code, 0, new TextDecoder().decode(out.stderr));
+  const r = JSON.parse(new TextDecoder().decode(out.stdout));
+  assert.ok(r.before >= 1);
+  assert.equal(r.after, r.before === 1 ? 2 : 1);
+  assert.equal(r.rejected, "E_CONFIG");
 });
 
 Deno.test("exactL2Async recomputes squared L2 to labelled rows, float32 and float16 alike", async () => {
@@ -403,22 +443,252 @@ Deno.test("exactL2Async recomputes squared L2 to labelled rows, float32 and floa
   );
   const widened = f16ArrayToF32(half);
   Array.from(f16).forEach((x, i) => assert.ok(close(x, want(widened)[i]), `f16 ${i}`));
-  await assert.rejects(
+  const outOfRange = await codeOf(() =>
     exactL2Async(
       queries,
       { pointer: Deno.UnsafePointer.of(base)!, rows: 39, d, dtype: "float32" },
       labels,
       k,
-    ),
-    /exactL2: label 39 >= 39 base rows/,
+    )
   );
-  await assert.rejects(
+  assert.equal(outOfRange, "E_NATIVE"); // label 39 of 39 rows: caught natively, not read
+  const wrongK = await codeOf(() =>
     exactL2Async(
       queries,
       { pointer: Deno.UnsafePointer.of(base)!, rows, d, dtype: "float32" },
       labels,
       4,
-    ),
-    /expected 2×4 = 8 labels, got 6/,
+    )
   );
+  assert.equal(wrongK, "E_CONFIG");
+});
+
+// Runs TypeScript in a child Deno process; returns its exit, stdout and stderr.
+async function child(code: string, env: Record<string, string> = {}) {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["eval", "--quiet", code],
+    env,
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const text = (b: Uint8Array) => new TextDecoder().decode(b);
+  return { code: out.code, signal: out.signal, stdout: text(out.stdout), stderr: text(out.stderr) };
+}
+
+const INDEX_MOD = JSON.stringify(new URL("../lib/index/mod.ts", import.meta.url).href);
+
+Deno.test("on-disk lists grow, write and read back without a line of FAISS output, searching like in-memory lists", async () => {
+  const dir = Deno.makeTempDirSync({ prefix: "knnlm_faiss_quiet_" });
+  try {
+    // 3000 keys for PQ codebooks of 256 centroids: FAISS would print its clustering warning
+    // once per sub-quantizer; every add would print "resizing …/faiss.ivfdata"; every read with
+    // IO_FLAG_ONDISK_SAME_DIR "updating ondisk filename".
+    const r = await child(`
+      import { FaissIndex } from ${INDEX_MOD};
+      const d = 16, n = 3000, dir = ${JSON.stringify(dir)};
+      let s = 1;
+      const x = new Float32Array(n * d).map(() => (s = (s * 16807) % 2147483647) / 2147483647);
+      const build = async (ondisk) => {
+        const ix = FaissIndex.ivfpq({ d, nlist: 32, m: 4, nbits: 8 });
+        const { warnings } = await ix.trainAsync(x);
+        if (ondisk) ix.useOnDiskLists(dir + "/faiss.ivfdata");
+        for (let i = 0; i < n; i += 250) await ix.addAsync(x.subarray(i * d, (i + 250) * d));
+        ix.add(x.subarray(0, 7 * d));
+        ix.nprobe = 32;
+        return { ix, warnings };
+      };
+      const mem = await build(false);
+      const disk = await build(true);
+      disk.ix.write(dir + "/faiss.index");
+      const lists = disk.ix.onDiskLists;
+      Deno.mkdirSync(dir + "/moved");
+      Deno.renameSync(dir + "/faiss.index", dir + "/moved/faiss.index");
+      Deno.renameSync(dir + "/faiss.ivfdata", dir + "/moved/faiss.ivfdata");
+      const back = FaissIndex.read(dir + "/moved/faiss.index", { readOnly: true });
+      const q = x.subarray(0, 50 * d);
+      const res = (ix) => { const r = ix.search(q, 4); return [[...r.labels].map(Number), [...r.distances]]; };
+      Deno.writeTextFileSync(dir + "/result.json", JSON.stringify({
+        warnings: disk.warnings, lists, backLists: back.onDiskLists, ntotal: back.ntotal,
+        mem: res(mem.ix), disk: res(disk.ix), back: res(back),
+      }));
+    `);
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.stdout, "", "nothing on stdout");
+    assert.equal(r.stderr, "", "nothing on stderr");
+    const out = JSON.parse(Deno.readTextFileSync(`${dir}/result.json`));
+    assert.equal(out.ntotal, 3007);
+    assert.deepEqual(out.disk, out.mem, "on-disk lists search like in-memory lists");
+    assert.deepEqual(out.back, out.mem, "read back from the moved directory");
+    assert.equal(out.warnings.length, 1, "one warning for the 4 PQ sub-quantizers");
+    assert.ok(out.warnings[0].includes("PQ codebooks"), out.warnings[0]);
+    assert.equal(out.lists.path, `${dir}/faiss.ivfdata`);
+    assert.equal(out.backLists.path, `${dir}/moved/faiss.ivfdata`);
+    assert.equal(out.backLists.readOnly, true);
+    assert.ok(out.lists.bytesUsed >= 3007 * (4 + 8), "codes and ids of every key are stored");
+    assert.ok(out.lists.bytesMapped >= out.lists.bytesUsed);
+    assert.equal(Deno.statSync(`${dir}/moved/faiss.ivfdata`).size, out.lists.bytesMapped);
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
+
+Deno.test("training with enough vectors reports no warnings; a small sample reports each clustering once", () => {
+  const d = 8;
+  using big = FaissIndex.ivfpq({ d, nlist: 4, m: 2, nbits: 4 });
+  assert.deepEqual(big.train(randomRows(1_000, d, 21)).warnings, []);
+  using small = FaissIndex.ivfpq({ d, nlist: 16, m: 2, nbits: 6 });
+  const { warnings } = small.train(randomRows(200, d, 22));
+  assert.equal(warnings.length, 2, warnings.join("\n"));
+  assert.ok(warnings[0].startsWith("coarse quantizer (nlist 16): 200 training vectors"));
+  assert.ok(warnings[1].startsWith("PQ codebooks (2 × 64 centroids): 200 training vectors"));
+});
+
+Deno.test("aborting trainAsync stops k-means and rejects with the signal's reason; the index trains again afterwards", async () => {
+  // 80k vectors into 2048 lists: each k-means iteration searches 80k × 2048 × 32 (25 of them),
+  // far longer than the moment the abort comes; FAISS checks between 4096-query blocks.
+  const d = 32, nlist = 2048;
+  const data = randomRows(nlist * 39, d, 23);
+  using index = FaissIndex.factory(d, `IVF${nlist},Flat`);
+  const reason = new KnnError("E_INTERRUPTED", "interrupted by SIGTERM", { signal: "SIGTERM" });
+  const ac = new AbortController();
+  const training = index.trainAsync(data, { signal: ac.signal });
+  setTimeout(() => ac.abort(reason), 50);
+  await assert.rejects(training, (e) => e === reason);
+  assert.equal(index.isTrained, false);
+
+  const plain = new AbortController();
+  plain.abort("stop");
+  assert.equal(
+    await codeOf(() => index.trainAsync(data, { signal: plain.signal })),
+    "E_INTERRUPTED",
+  );
+
+  // The interrupted k-means left no centroids behind: a retrain trains the quantizer anew (with
+  // as many vectors as lists, FAISS takes them as the centroids) and matches a fresh index.
+  const first = data.subarray(0, nlist * d);
+  using fresh = FaissIndex.factory(d, `IVF${nlist},Flat`);
+  fresh.train(first);
+  index.train(first);
+  fresh.add(first);
+  index.add(first);
+  fresh.nprobe = index.nprobe = 4;
+  const q = data.subarray(0, 20 * d);
+  assert.deepEqual(index.search(q, 3), fresh.search(q, 3));
+});
+
+Deno.test("aborting addAsync stops at a 65536-row slice boundary with E_INTERRUPTED", async () => {
+  const d = 16, nlist = 1024, n = 10 * 65_536;
+  const data = randomRows(n, d, 24);
+  using index = FaissIndex.factory(d, `IVF${nlist},Flat`);
+  index.train(data.subarray(0, nlist * d)); // n == nlist: FAISS copies the points as centroids
+  const ac = new AbortController();
+  const adding = index.addAsync(data, { signal: ac.signal });
+  setTimeout(() => ac.abort(), 20);
+  assert.equal(await codeOf(() => adding), "E_INTERRUPTED");
+  const kept = index.ntotal;
+  assert.ok(kept < n, `stopped early (${kept} of ${n})`);
+  assert.equal(kept % 65_536, 0, "whole slices only");
+});
+
+// Each of `parts` gets a copy of the trained index (written and read back) filled with its
+// contiguous range of rows.
+function shardsOf(trained: FaissIndex, data: Float32Array, d: number, parts: number, dir: string) {
+  trained.write(`${dir}/trained.index`);
+  const n = data.length / d;
+  return Array.from({ length: parts }, (_, p) => {
+    const shard = FaissIndex.read(`${dir}/trained.index`);
+    const [a, b] = [Math.floor((p * n) / parts), Math.floor(((p + 1) * n) / parts)];
+    shard.addWithIds(
+      data.subarray(a * d, b * d),
+      BigInt64Array.from({ length: b - a }, (_, i) => BigInt(a + i)),
+    );
+    return shard;
+  });
+}
+
+Deno.test("mergeOnDisk builds one exactly sized on-disk index whose results equal a one-index build", async () => {
+  const d = 16, nlist = 32, m = 8, n = 12_000;
+  const dir = Deno.makeTempDirSync({ prefix: "knnlm_faiss_merge_" });
+  try {
+    const data = randomRows(n, d, 25);
+    using trained = FaissIndex.ivfpq({ d, nlist, m, nbits: 8 });
+    trained.train(data);
+    using whole = FaissIndex.read((trained.write(`${dir}/t0.index`), `${dir}/t0.index`));
+    whole.add(data);
+    whole.nprobe = nlist;
+
+    const shards = shardsOf(trained, data, d, 3, dir);
+    using merged = await FaissIndex.mergeOnDisk({
+      trained,
+      shards,
+      ivfdata: `${dir}/faiss.ivfdata`,
+    });
+    shards.forEach((s) => s.close());
+    assert.equal(merged.ntotal, n);
+    merged.nprobe = nlist;
+    const q = randomRows(40, d, 26);
+    assert.deepEqual(merged.search(q, 10), whole.search(q, 10));
+
+    const entry = m + 8; // PQ code bytes + int64 id
+    const size = Deno.statSync(`${dir}/faiss.ivfdata`).size;
+    assert.ok(size <= 1.05 * n * entry + 4096 * nlist, `faiss.ivfdata is ${size} bytes`);
+    assert.equal(size, n * entry, "each list sized exactly");
+    assert.deepEqual(merged.onDiskLists, {
+      path: `${dir}/faiss.ivfdata`,
+      bytesUsed: n * entry,
+      bytesMapped: n * entry,
+      readOnly: false,
+    });
+
+    // Written and read back; shards given as paths (mapped, not loaded) merge the same.
+    merged.write(`${dir}/faiss.index`);
+    using back = FaissIndex.read(`${dir}/faiss.index`, { readOnly: true });
+    back.nprobe = nlist;
+    assert.deepEqual(back.search(q, 10), whole.search(q, 10));
+    const paths = shardsOf(trained, data, d, 3, dir).map((s, i) => {
+      s.write(`${dir}/shard${i}.index`);
+      s.close();
+      return `${dir}/shard${i}.index`;
+    });
+    using fromPaths = await FaissIndex.mergeOnDisk({
+      trained,
+      shards: paths,
+      ivfdata: `${dir}/b.ivfdata`,
+    });
+    fromPaths.nprobe = nlist;
+    assert.deepEqual(fromPaths.search(q, 10), whole.search(q, 10));
+    assert.deepEqual(
+      Deno.readFileSync(`${dir}/b.ivfdata`),
+      Deno.readFileSync(`${dir}/faiss.ivfdata`),
+    );
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
+
+Deno.test("mergeOnDisk refuses shards from another training with E_MISMATCH and leaves no file", async () => {
+  const d = 8;
+  const dir = Deno.makeTempDirSync({ prefix: "knnlm_faiss_merge_" });
+  try {
+    using trained = FaissIndex.ivfpq({ d, nlist: 4, m: 2, nbits: 4 });
+    trained.train(randomRows(1_000, d, 27));
+    using other = FaissIndex.ivfpq({ d, nlist: 4, m: 2, nbits: 4 });
+    other.train(randomRows(1_000, d, 28));
+    other.add(randomRows(100, d, 29));
+    const e = await codeOf(() =>
+      FaissIndex.mergeOnDisk({ trained, shards: [other], ivfdata: `${dir}/x.ivfdata` })
+    );
+    assert.equal(e, "E_MISMATCH");
+    assert.deepEqual([...Deno.readDirSync(dir)], []);
+    assert.equal(other.ntotal, 100, "shards are unchanged");
+    using flat = FaissIndex.factory(d, "Flat");
+    assert.equal(
+      await codeOf(() =>
+        FaissIndex.mergeOnDisk({ trained: flat, shards: [other], ivfdata: `${dir}/y` })
+      ),
+      "E_NATIVE",
+    );
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
 });

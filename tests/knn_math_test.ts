@@ -42,12 +42,30 @@ Deno.test("neighbours labelled -1 (FAISS found fewer than k) are ignored", () =>
   ]);
 });
 
-Deno.test("interpolation with λ = 0 returns the LM log-prob exactly, λ = 1 the kNN one", () => {
-  assert.equal(interpolate(-2.345678, -Infinity, 0), -2.345678);
-  assert.equal(interpolate(-2.345678, -0.5, 1), -0.5);
-  const want = Math.log(0.75 * Math.exp(-2) + 0.25 * Math.exp(-1));
-  assert.ok(Math.abs(interpolate(-2, -1, 0.25) - want) < 1e-12);
-  assert.ok(Math.abs(interpolate(-2, -Infinity, 0.25) - (Math.log(0.75) - 2)) < 1e-12);
+Deno.test("interpolation equals log((1 − λ)·p_LM + λ·p_kNN) for λ from 0 to 1", () => {
+  // The direct formula in probability space, with no special case for λ = 0 or 1.
+  const direct = (lm: number, knn: number, l: number) =>
+    Math.log((1 - l) * Math.exp(lm) + l * Math.exp(knn));
+  const pairs = [[-2.345678, -0.5], [-2, -1], [-0.1, -7], [-2, -Infinity], [-Infinity, -0.5]];
+  for (const [lm, knn] of pairs) {
+    for (const l of [0, 1e-9, 0.25, 0.5, 1 - 1e-9, 1]) {
+      const want = direct(lm, knn, l);
+      const got = interpolate(lm, knn, l);
+      assert.ok(
+        got === want || Math.abs(got - want) < 1e-12,
+        `lm=${lm} knn=${knn} λ=${l}: ${got} vs ${want}`,
+      );
+    }
+  }
+});
+
+Deno.test("interpolation stays finite for log-probs far below exp's range", () => {
+  // exp(-2000) underflows to 0 in the direct formula; shifting both log-probs by c shifts the
+  // interpolated log-prob by c.
+  for (const l of [0.1, 0.5, 0.9]) {
+    const want = Math.log((1 - l) * Math.exp(-2) + l * Math.exp(-1)) - 2000;
+    assert.ok(Math.abs(interpolate(-2002, -2001, l) - want) < 1e-9, `λ=${l}`);
+  }
 });
 
 Deno.test("logAddExp and logSoftmax agree with direct formulas", () => {
@@ -59,7 +77,18 @@ Deno.test("logAddExp and logSoftmax agree with direct formulas", () => {
 });
 
 Deno.test("perplexity is exp of the mean negative log-prob", () => {
+  // p = 0.5 and 0.25: the geometric mean of 1/p is sqrt(2 · 4).
   assert.ok(Math.abs(perplexity([Math.log(0.5), Math.log(0.25)]) - Math.sqrt(8)) < 1e-12);
+});
+
+Deno.test("the interpolated perplexity mixes per-token probabilities before averaging", () => {
   const lm = [Math.log(0.5), Math.log(0.25)];
-  assert.equal(interpolatedPerplexity(lm, [-Infinity, -Infinity], 0), perplexity(lm));
+  const knn = [Math.log(0.25), 0]; // p_kNN = 0.25 and 1
+  // λ = 0.5: mixed p = 0.375 and 0.625.
+  const want = 1 / Math.sqrt(0.375 * 0.625);
+  assert.ok(Math.abs(interpolatedPerplexity(lm, knn, 0.5) - want) < 1e-12);
+  // λ = 0: the LM's perplexity, even where p_kNN = 0.
+  assert.ok(Math.abs(interpolatedPerplexity(lm, [-Infinity, -Infinity], 0) - Math.sqrt(8)) < 1e-12);
+  // λ = 1 with a token p_kNN gives zero probability: infinite perplexity.
+  assert.equal(interpolatedPerplexity(lm, [0, -Infinity], 1), Infinity);
 });

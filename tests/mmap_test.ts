@@ -2,7 +2,6 @@ import assert from "node:assert/strict";
 import { MappedArray } from "../lib/storage/mmap.ts";
 import type { ErrnoError } from "../lib/storage/_libc.ts";
 import { DTYPES, encodeNpyHeader, type TypedArray } from "../lib/storage/npy.ts";
-import { parseProcStatus, readProcStatus } from "./_proc.ts";
 import { expectedValues, fillValues } from "./_values.ts";
 
 /** Elements of any view as a plain array (numbers, or bigints for `<i8`). */
@@ -477,26 +476,6 @@ Deno.test("files that are not valid NPY are refused naming the file and the prob
   } finally {
     Deno.removeSync(dir, { recursive: true });
   }
-});
-
-Deno.test("readProcStatus reports RssAnon, RssFile, VmRSS and VmHWM in bytes", () => {
-  const s = readProcStatus();
-  assert.ok(s.rssAnon > 0 && s.rssFile > 0);
-  assert.ok(s.vmHWM >= s.vmRSS);
-  assert.equal(s.vmRSS, s.rssAnon + s.rssFile + s.rssShmem);
-  const parsed = parseProcStatus(
-    "VmSize:\t 100 kB\nVmHWM:\t 8 kB\nVmRSS:\t 7 kB\nRssAnon:\t 4 kB\nRssFile:\t 3 kB\n" +
-      "RssShmem:\t 0 kB\n",
-  );
-  assert.deepEqual(parsed, {
-    vmSize: 102400,
-    vmHWM: 8192,
-    vmRSS: 7168,
-    rssAnon: 4096,
-    rssFile: 3072,
-    rssShmem: 0,
-  });
-  assert.throws(() => parseProcStatus("VmRSS: 1 kB\n"), /no VmHWM line/);
 });
 
 Deno.test("writing a keys file 16x the memory bound keeps anonymous memory flat", async () => {

@@ -3,11 +3,12 @@
  * PyTorch outputs saved by python/export_onnx.py --golden (tests/fixtures/model_golden_*.npy).
  *
  * The fixtures are read with a tiny local .npy parse (little-endian `<f4` / `<i4`, C order)
- * rather than lib/npy.ts, which lives on another branch at the time of writing.
+ * rather than lib/storage/npy.ts, so that this check does not lean on the toolkit's own code.
  */
 import assert from "node:assert/strict";
-import * as ort from "onnxruntime-node";
+import { ort } from "../lib/model/_ort.ts";
 import { encodeBytes } from "../lib/model/tokenizer.ts";
+import { maxAbsDiff } from "./_close.ts";
 
 const root = new URL("../", import.meta.url);
 const MODEL = new URL("models/byte_gpt.onnx", root);
@@ -33,13 +34,6 @@ async function readNpy(name: string): Promise<Npy> {
   const shape = /'shape':\s*\(([^)]*)\)/.exec(header)![1].split(",").map((s) => s.trim())
     .filter((s) => s !== "").map(Number);
   return { descr, shape, data: bytes.slice(start + len).buffer };
-}
-
-function maxAbsDiff(a: Float32Array, b: Float32Array): number {
-  assert.equal(a.length, b.length);
-  let max = 0;
-  for (let i = 0; i < a.length; i++) max = Math.max(max, Math.abs(a[i] - b[i]));
-  return max;
 }
 
 function tokensTensor(rows: Int32Array[]): ort.Tensor {

@@ -81,6 +81,11 @@ interface Described {
 
 const SHAPES = [[11], [5, 3]];
 
+/** What numpy.load(path, mmap_mode="r") sees in one file. */
+async function numpyDescribe(path: string): Promise<Described> {
+  return await python<Described>("print(json.dumps(describe(args['path'])))", { path });
+}
+
 Deno.test("numpy.load(mmap_mode='r') reads every dtype and rank the toolkit wrote", async () => {
   const dir = Deno.makeTempDirSync({ prefix: "knnlm_interop_" });
   try {
@@ -126,10 +131,7 @@ Deno.test("numpy reads a file the toolkit grew with resize, old and new rows int
       fillValues("<f2", a.view(3, 40), 12);
       a.flush();
     }
-    const [got] = await python<Described[]>(
-      "print(json.dumps([describe(args['path'])]))",
-      { path },
-    );
+    const got = await numpyDescribe(path);
     assert.deepEqual(got, {
       memmap: true,
       dtype: "<f2",
@@ -208,10 +210,7 @@ print("null")
       fillValues("<i8", a.view(4, 9), 12);
       a.flush();
     }
-    const [got] = await python<Described[]>(
-      "print(json.dumps([describe(args['path'])]))",
-      { path },
-    );
+    const got = await numpyDescribe(path);
     assert.deepEqual(got, {
       memmap: true,
       dtype: "<i8",

@@ -6,6 +6,9 @@ import { exposeTensors } from "../lib/model/expose.ts";
 import { formatModelInspection, inspectModel } from "../lib/model/inspect.ts";
 import { parseOnnxModel, rewriteGraphOutputs } from "../lib/model/model_proto.ts";
 import { OnnxLm } from "../lib/model/runner.ts";
+import { KnnError } from "../lib/core/errors.ts";
+import { tempDir } from "./_tmp.ts";
+import { maxAbsDiff } from "./_close.ts";
 
 const fixture = (name: string) => new URL(`./fixtures/${name}`, import.meta.url).pathname;
 const TINY = fixture("tiny_lm.onnx");
@@ -27,18 +30,9 @@ const golden = {
   hfLogitsLast: goldenF32("tiny_lm_hf.logits_last.f32"), // [256]
 };
 
-const tempCache = () => Deno.makeTempDirSync({ prefix: "knnlm-onnx-cache-" });
-
 async function sha256(path: string): Promise<string> {
   const d = await crypto.subtle.digest("SHA-256", await Deno.readFile(path));
   return Array.from(new Uint8Array(d), (b) => b.toString(16).padStart(2, "0")).join("");
-}
-
-function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  assert.equal(a.length, b.length);
-  let m = 0;
-  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i] - b[i]));
-  return m;
 }
 
 Deno.test("inspectModel lists inputs, outputs and ranks ff_input first among key candidates", async () => {
@@ -119,14 +113,19 @@ Deno.test("formatModelInspection prints inputs, outputs and candidates as aligne
   );
 });
 
-Deno.test("a missing model file is an error naming the path", async () => {
-  const path = join(tempCache(), "absent.onnx");
-  await assert.rejects(() => inspectModel(path), new Error(`${path}: model file not found`));
-  await assert.rejects(() => OnnxLm.open(path), new Error(`${path}: model file not found`));
+Deno.test("a missing model file is an E_NOT_FOUND error naming the path", async () => {
+  using tmp = tempDir("knnlm-onnx-cache-");
+  const path = join(tmp.path, "absent.onnx");
+  const notFound = (e: unknown) =>
+    KnnError.is(e, "E_NOT_FOUND") && e.path === path &&
+    e.message === `${path}: model file not found`;
+  await assert.rejects(() => inspectModel(path), notFound);
+  await assert.rejects(() => OnnxLm.open(path), notFound);
 });
 
 Deno.test("a file that is not ONNX is rejected naming the path", async () => {
-  const path = join(tempCache(), "notes.onnx");
+  using tmp = tempDir("knnlm-onnx-cache-");
+  const path = join(tmp.path, "notes.onnx");
   Deno.writeTextFileSync(path, "these are not protobuf bytes\n");
   await assert.rejects(() => inspectModel(path), (e: Error) => {
     assert.match(e.message, new RegExp(`^${path}: not an ONNX model: `));
@@ -146,8 +145,9 @@ Deno.test("ff_input from tiny_lm.onnx matches PyTorch's for the golden input", a
   assert.ok(maxAbsDiff(last, golden.tinyLogitsLast) < 1e-4);
 });
 
-Deno.test("a model exported without ff_input yields identical keys once the intermediate is exposed", async () => {
-  const cacheDir = tempCache();
+Deno.test("a model exported without ff_input yields the same keys once the intermediate is exposed", async () => {
+  using tmp = tempDir("knnlm-onnx-cache-");
+  const cacheDir = tmp.path;
   using a = await OnnxLm.open(TINY, { threads: 1, keyTensor: "ff_input" });
   using b = await OnnxLm.open(NOKEY, { threads: 1, keyTensor: NOKEY_FF_INPUT, cacheDir });
   assert.notEqual(b.sessionPath, NOKEY);
@@ -161,12 +161,20 @@ Deno.test("a model exported without ff_input yields identical keys once the inte
   const ra = await a.run(tokens, 2, seq);
   const rb = await b.run(tokens, 2, seq);
   assert.equal(ra.keys.length, 2 * seq * 64);
-  assert.deepEqual(rb.keys, ra.keys);
-  assert.deepEqual(rb.logits, ra.logits);
+  assert.equal(rb.keys.length, ra.keys.length);
+  // Same weights and ops, but two graphs: onnxruntime may fuse or order the float32 work
+  // differently when an intermediate is also an output, so the results are equal up to
+  // rounding, not bit for bit. Keys are LayerNorm outputs of order 1 and logits of order 10;
+  // the tolerances are the golden tests' (1e-5, 1e-4), far above float32 rounding in this
+  // 2-block, d = 64 network (0 on x86-64 today) and far below a wrong tensor's difference
+  // (block 1's attention input differs from its FFN input by 1.9).
+  assert.ok(maxAbsDiff(rb.keys, ra.keys) <= 1e-5, `keys differ by ${maxAbsDiff(rb.keys, ra.keys)}`);
+  assert.ok(maxAbsDiff(rb.logits, ra.logits) <= 1e-4);
 });
 
 Deno.test("exposing a tensor leaves the user's model file byte-identical and reuses the cache", async () => {
-  const cacheDir = tempCache();
+  using tmp = tempDir("knnlm-onnx-cache-");
+  const cacheDir = tmp.path;
   const before = await sha256(NOKEY);
   const first = await exposeTensors(NOKEY, [NOKEY_FF_INPUT], { cacheDir });
   assert.equal(first.created, true);
@@ -226,8 +234,9 @@ Deno.test("fields the reader does not know survive the edit, at model and graph 
 });
 
 Deno.test("exposing a tensor that does not exist lists close names", async () => {
+  using tmp = tempDir("knnlm-onnx-cache-");
   await assert.rejects(
-    () => exposeTensors(NOKEY, ["/blocks.1/ln2/LayerNorm_output_0"], { cacheDir: tempCache() }),
+    () => exposeTensors(NOKEY, ["/blocks.1/ln2/LayerNorm_output_0"], { cacheDir: tmp.path }),
     (e: Error) => {
       assert.match(
         e.message,
@@ -239,16 +248,17 @@ Deno.test("exposing a tensor that does not exist lists close names", async () =>
     },
   );
   await assert.rejects(
-    () => OnnxLm.open(NOKEY, { keyTensor: "tokens", cacheDir: tempCache() }),
+    () => OnnxLm.open(NOKEY, { keyTensor: "tokens", cacheDir: tmp.path }),
     /tensor "tokens": is a graph input, not a computed tensor/,
   );
 });
 
 Deno.test("a model with input_ids, attention_mask and position_ids runs and matches PyTorch", async () => {
+  using tmp = tempDir("knnlm-onnx-cache-");
   using lm = await OnnxLm.open(HF, {
     threads: 1,
     keyTensor: "/blocks.0/ln2/Add_1_output_0",
-    cacheDir: tempCache(),
+    cacheDir: tmp.path,
   });
   assert.deepEqual(lm.inputs.map((i) => i.role), ["tokens", "attention_mask", "position_ids"]);
   assert.equal(lm.vocabSize, 256);

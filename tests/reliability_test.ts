@@ -86,8 +86,8 @@ Deno.test("a second writer fails at once with E_LOCKED naming the first, which t
         `(^|\\n)error: .*: the datastore is being written by process ${first.pid} \\(knn build-index\\)`,
       ),
     );
-    const add = await knn("add", ...buildArgs(corpus, out));
-    assert.equal(add.code, 75, add.stderr);
+    const gather = await knn("gather", ...buildArgs(corpus, out));
+    assert.equal(gather.code, 75, gather.stderr);
     // A reader meanwhile gets a clear error, not a half-written datastore.
     const reader = await selfSearch(out);
     assert.equal(reader.code, 1, reader.stdout + reader.stderr);

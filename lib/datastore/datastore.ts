@@ -85,7 +85,9 @@ export class Datastore implements Disposable {
     let index: FaissIndex | undefined;
     try {
       vals = openNpyChecked(paths.vals, manifest.vals, "vals");
-      index = FaissIndex.read(paths.index, { mmap: opts.mmapIndex ?? false });
+      // Queries only read: on-disk lists are opened read-only, so a datastore the user may read
+      // but not write (another user's, a read-only mount) can be searched.
+      index = FaissIndex.read(paths.index, { mmap: opts.mmapIndex ?? false, readOnly: true });
       const countProblems = indexCountProblems(dir, manifest, index);
       if (countProblems.length) throw countProblems[0];
       const nprobe = opts.nprobe ?? manifest.index.nprobe;

@@ -24,6 +24,7 @@ import { ensureFreeSpace } from "../storage/space.ts";
 import { readJsonIfExists, removeIfExists, renameFile, writeJsonAtomic } from "../core/_atomic.ts";
 import { datastorePaths, type GatherFingerprint, refuseMismatch } from "./manifest.ts";
 import { planWindows, windowBatch } from "../model/windows.ts";
+import { DEFAULT_CONFIG, type KnnlmConfig } from "../config/mod.ts";
 
 /** Rows per checksummed block of `keys.npy` / `vals.npy`. */
 export const CHECKSUM_BLOCK_ROWS = 65536;
@@ -63,6 +64,31 @@ export interface KeyModel {
   runKeys(tokens: Int32Array, batch: number, seq: number): Promise<Float32Array>;
 }
 
+/** A model that can run without computing logits, as `OnnxLm` does with `{ logits: false }`. */
+export interface KeysOnlyRunner {
+  /** Width of a key row. */
+  readonly dModel: number;
+  /** Runs `[batch, seq]` tokens and returns at least the keys `[batch, seq, dModel]`. */
+  run(
+    tokens: Int32Array,
+    batch: number,
+    seq: number,
+    options: { logits: false },
+  ): Promise<{ keys: Float32Array }>;
+}
+
+/**
+ * The {@linkcode KeyModel} of an LM such as `OnnxLm`: each call runs the model fetching only
+ * the key tensor, not the logits.
+ */
+export function keyModelOf(lm: KeysOnlyRunner): KeyModel {
+  return {
+    dModel: lm.dModel,
+    runKeys: async (tokens, batch, seq) =>
+      (await lm.run(tokens, batch, seq, { logits: false })).keys,
+  };
+}
+
 /** Progress of a gather, reported after every batch. */
 export interface GatherProgress {
   /** Rows written so far, including those from an earlier run. */
@@ -83,14 +109,14 @@ export interface GatherOptions {
   dir: string;
   /** What identifies the model and corpus in the fingerprint. */
   identity: Pick<GatherFingerprint, "modelSha256" | "keyTensor" | "corpusIdentity">;
-  /** Window length in tokens. Default 256. */
+  /** Window length in tokens. Default: `DEFAULT_CONFIG.seqLen`. */
   seqLen?: number;
-  /** Window stride in tokens. Default 128. */
+  /** Window stride in tokens. Default: `DEFAULT_CONFIG.stride`. */
   stride?: number;
-  /** Windows per model call. Default 8. */
+  /** Windows per model call. Default: `DEFAULT_CONFIG.batchSize`. */
   batchSize?: number;
-  /** Storage dtype of keys. Default "float32". */
-  keyDtype?: "float32" | "float16";
+  /** Storage dtype of keys. Default: `DEFAULT_CONFIG.keyDtype`. */
+  keyDtype?: KnnlmConfig["keyDtype"];
   /** Flush and checkpoint after at least this many rows. Default 65536. */
   checkpointRows?: number;
   /** Called after each batch. */
@@ -177,10 +203,10 @@ function hashBlocks(
 /** Gathers keys and values into `dir/keys.npy` and `dir/vals.npy`, resuming if it can. */
 export async function gather(opts: GatherOptions): Promise<GatherResult> {
   const t0 = performance.now();
-  const seqLen = opts.seqLen ?? 256;
-  const stride = opts.stride ?? 128;
-  const batchSize = opts.batchSize ?? 8;
-  const keyDtype = opts.keyDtype ?? "float32";
+  const seqLen = opts.seqLen ?? DEFAULT_CONFIG.seqLen;
+  const stride = opts.stride ?? DEFAULT_CONFIG.stride;
+  const batchSize = opts.batchSize ?? DEFAULT_CONFIG.batchSize;
+  const keyDtype = opts.keyDtype ?? DEFAULT_CONFIG.keyDtype;
   const checkpointRows = opts.checkpointRows ?? 65536;
   const { tokens, model } = opts;
   const d = model.dModel;

@@ -21,8 +21,11 @@ export interface LockHolder {
   pid: number;
   /** What it runs, e.g. `"knn build-index"`. */
   command: string;
-  /** Host it runs on (a lock on a shared file system may be held elsewhere). */
-  host: string;
+  /**
+   * Host it runs on (a lock on a shared file system may be held elsewhere); absent when the
+   * holder may not read the host name (Deno without `--allow-sys`).
+   */
+  host?: string;
   /** When it took the lock (ISO 8601). */
   since: string;
 }
@@ -65,7 +68,8 @@ export class DatastoreLock implements Disposable {
       const holder = await readHolder(path);
       file.close();
       const who = holder
-        ? `process ${holder.pid} (${holder.command}) on ${holder.host} since ${holder.since}`
+        ? `process ${holder.pid} (${holder.command})` +
+          (holder.host ? ` on ${holder.host}` : "") + ` since ${holder.since}`
         : "another process";
       throw new KnnError(
         "E_LOCKED",
@@ -76,12 +80,10 @@ export class DatastoreLock implements Disposable {
         },
       );
     }
-    const holder: LockHolder = {
-      pid: Deno.pid,
-      command,
-      host: Deno.hostname(),
-      since: new Date().toISOString(),
-    };
+    const holder: LockHolder = { pid: Deno.pid, command, since: new Date().toISOString() };
+    try {
+      holder.host = Deno.hostname();
+    } catch { /* no sys permission: the record names the pid only */ }
     try {
       const bytes = new TextEncoder().encode(JSON.stringify(holder) + "\n");
       await file.truncate(0);

@@ -16,6 +16,7 @@
 import { join } from "node:path";
 import { readJsonIfExists, writeJsonAtomic } from "../core/_atomic.ts";
 import { KnnError } from "../core/errors.ts";
+import type { IndexConfig, KnnlmConfig } from "../config/mod.ts";
 
 /** Version of the datastore layout this toolkit writes and reads. */
 export const DATASTORE_FORMAT = 1;
@@ -65,30 +66,16 @@ export interface GatherFingerprint {
   /** Windows per model call (changes the arithmetic's blocking, hence bits). */
   batchSize: number;
   /** Storage dtype of keys. */
-  keyDtype: "float32" | "float16";
+  keyDtype: KnnlmConfig["keyDtype"];
 }
 
-/** Index parameters after clamping to the datastore's size. */
-export interface IndexParams {
-  /** FAISS factory string actually built. */
-  factory: string;
-  /** Number of IVF centroids (0 when not an IVF index). */
-  nlist: number;
-  /** PQ code size in bytes (sub-quantizers); 0 when not PQ. */
-  m: number;
-  /** Bits per PQ sub-quantizer code. */
-  nbits: number;
-  /** Distance metric. */
-  metric: "l2" | "ip";
-  /** Lists probed per query. */
-  nprobe: number;
-  /** Number of keys sampled to train the index. */
-  trainSize: number;
-  /** Seed of the training sample. */
-  seed: number;
-  /** IVF inverted lists in a mapped `faiss.ivfdata` ("disk") or inside `faiss.index`. */
-  invlists: "disk" | "memory";
-}
+/**
+ * Index settings as built: the configuration's `index` section after {@link planIndex} fitted
+ * it to the datastore, with `factory` the FAISS factory string actually built (`nlist` is 0
+ * when the index is not IVF, `m` and `nbits` are 0 when it is not PQ). Manifests written
+ * before `addChunk` was recorded lack it.
+ */
+export type IndexParams = IndexConfig & { factory: string };
 
 /** `datastore.json`: how a datastore was made. */
 export interface DatastoreManifest {
@@ -127,10 +114,14 @@ export interface DatastoreManifest {
   vals: { file: string; dtype: "<i4"; shape: [number] };
   /** How keys were gathered (the fingerprint that decides reuse) and how long it took. */
   gather: GatherFingerprint & { windows: number; seconds: number; tokensPerSecond: number };
-  /** The trained, still empty index (`faiss.trained.index`), once training finished. */
-  trained?: IndexParams & { warnings: string[]; seconds: number };
-  /** The finished index (`faiss.index`), once every key was added. */
-  index?: IndexParams & {
+  /**
+   * The trained, still empty index (`faiss.trained.index`), once training finished: the
+   * configuration's `index` settings as built, `factory` being the string actually built.
+   */
+  trained?: IndexConfig & { factory: string; warnings: string[]; seconds: number };
+  /** The finished index (`faiss.index`), once every key was added: settings as in `trained`. */
+  index?: IndexConfig & {
+    factory: string;
     file: string;
     ntotal: number;
     warnings: string[];

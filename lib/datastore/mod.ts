@@ -27,6 +27,8 @@ export {
   type GatherProgress,
   type GatherResult,
   type KeyModel,
+  keyModelOf,
+  type KeysOnlyRunner,
 } from "./gather.ts";
 export {
   type AddOptions,

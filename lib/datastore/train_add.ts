@@ -8,7 +8,7 @@
  * name the live index does not use ({@link IVFDATA_NAMES}), so the complete datastore stays
  * readable until `datastore.json` switches to the new index.
  *
- * Defaults follow the reference pipeline (IVF with an IndexFlatL2 quantizer, 2048 centroids,
+ * The defaults (`DEFAULT_CONFIG.index`) follow the reference pipeline (IVF with an IndexFlatL2 quantizer, 2048 centroids,
  * 64-byte PQ codes of 8 bits, nprobe 8, 200k training keys); {@link planIndex} clamps them,
  * with warnings, when the datastore is too small for them.
  *
@@ -25,31 +25,13 @@ import { readJsonIfExists, removeIfExists, writeJsonAtomic } from "../core/_atom
 import { datastorePaths, type IndexParams, IVFDATA_NAMES, readManifest } from "./manifest.ts";
 import { ivfdataFile } from "./_checks.ts";
 import { sampleRows } from "./sample.ts";
+import { DEFAULT_CONFIG, type IndexConfig } from "../config/mod.ts";
 
 /** FAISS wants at least this many training points per centroid. */
 export const MIN_POINTS_PER_CENTROID = 39;
 
-/** Requested index settings, before clamping. */
-export interface IndexRequest {
-  /** A FAISS factory string that replaces the IVFPQ parameters (e.g. "Flat"). */
-  factory?: string | null;
-  /** IVF centroids. Default 2048. */
-  nlist?: number;
-  /** PQ code size in bytes; must divide d. Default 64. */
-  m?: number;
-  /** Bits per PQ code. Default 8. */
-  nbits?: number;
-  /** Distance. Default "l2". */
-  metric?: "l2" | "ip";
-  /** Lists probed per query. Default 8. */
-  nprobe?: number;
-  /** Training sample size. Default 200000. */
-  trainSize?: number;
-  /** Sample seed. Default 1. */
-  seed?: number;
-  /** IVF lists on disk (mapped `faiss.ivfdata`) or in memory. Default "disk". */
-  invlists?: "disk" | "memory";
-}
+/** Requested index settings, before clamping; what is absent takes `DEFAULT_CONFIG.index`. */
+export type IndexRequest = Partial<IndexConfig>;
 
 /** Fits the requested parameters to a datastore of `n` keys of width `d`. */
 export function planIndex(
@@ -58,10 +40,12 @@ export function planIndex(
   req: IndexRequest = {},
 ): { params: IndexParams; warnings: string[] } {
   const warnings: string[] = [];
-  const metric = req.metric ?? "l2";
-  const seed = req.seed ?? 1;
-  const invlists = req.invlists ?? "disk";
-  let trainSize = req.trainSize ?? 200_000;
+  const def = DEFAULT_CONFIG.index;
+  const metric = req.metric ?? def.metric;
+  const seed = req.seed ?? def.seed;
+  const invlists = req.invlists ?? def.invlists;
+  const addChunk = req.addChunk ?? def.addChunk;
+  let trainSize = req.trainSize ?? def.trainSize;
   if (n < 1) throw new Error("the datastore has no keys to index");
   if (trainSize > n) {
     warnings.push(`trainSize ${trainSize} > ${n} keys: training on all ${n} keys`);
@@ -78,15 +62,16 @@ export function planIndex(
         m: 0,
         nbits: 0,
         metric,
-        nprobe: req.nprobe ?? 8,
+        nprobe: req.nprobe ?? def.nprobe,
         trainSize,
+        addChunk,
         seed,
         invlists: ivf ? invlists : "memory",
       },
       warnings,
     };
   }
-  const m = req.m ?? 64;
+  const m = req.m ?? def.m;
   if (!(d % m === 0)) {
     const divisors = Array.from({ length: d }, (_, i) => i + 1).filter((x) => d % x === 0);
     throw new Error(
@@ -94,7 +79,7 @@ export function planIndex(
         `choose one of ${divisors.join(", ")}`,
     );
   }
-  let nlist = req.nlist ?? 2048;
+  let nlist = req.nlist ?? def.nlist;
   const maxNlist = Math.max(1, Math.floor(trainSize / MIN_POINTS_PER_CENTROID));
   if (nlist > maxNlist) {
     warnings.push(
@@ -103,7 +88,7 @@ export function planIndex(
     );
     nlist = maxNlist;
   }
-  let nbits = req.nbits ?? 8;
+  let nbits = req.nbits ?? def.nbits;
   const maxBits = Math.max(1, Math.floor(Math.log2(trainSize)));
   if (nbits > maxBits) {
     warnings.push(
@@ -116,10 +101,10 @@ export function planIndex(
   if (trainSize < pqWants) {
     warnings.push(
       `PQ codebooks of ${2 ** nbits} entries want ≥ ${pqWants} training keys; ` +
-        `${trainSize} available: codes will be coarse (FAISS warns too)`,
+        `${trainSize} available: codes will be coarse`,
     );
   }
-  let nprobe = req.nprobe ?? 8;
+  let nprobe = req.nprobe ?? def.nprobe;
   if (nprobe > nlist) {
     warnings.push(`nprobe ${nprobe} > nlist ${nlist}: using nprobe ${nlist}`);
     nprobe = nlist;
@@ -133,6 +118,7 @@ export function planIndex(
       metric,
       nprobe,
       trainSize,
+      addChunk,
       seed,
       invlists,
     },
@@ -140,10 +126,15 @@ export function planIndex(
   };
 }
 
-/** True when two parameter sets build the same index; `nprobe` (a query-time setting) aside. */
+/**
+ * True when two parameter sets build the same index: `nprobe` (a query-time setting) and
+ * `addChunk` (how keys are added, not what the index holds; older manifests lack it) aside.
+ */
 export function sameIndexParams(a: IndexParams | undefined, b: IndexParams): boolean {
   if (!a) return false;
-  return (Object.keys(b) as (keyof IndexParams)[]).every((k) => k === "nprobe" || a[k] === b[k]);
+  return (Object.keys(b) as (keyof IndexParams)[]).every((k) =>
+    k === "nprobe" || k === "addChunk" || a[k] === b[k]
+  );
 }
 
 /** True when two parameter sets train the same index (where the lists live does not matter). */
@@ -231,8 +222,8 @@ export interface TrainIndexOptions {
   /** Parameters from {@link planIndex}. */
   params: IndexParams;
   /**
-   * Stops before training starts, or right after it (the trained index is saved first).
-   * Training itself is one FAISS call; it stops early only where the index layer supports it.
+   * Stops training at FAISS's next k-means check (within seconds) and rejects with the signal's
+   * reason (a `KnnError` `E_INTERRUPTED` from the CLI); nothing is written.
    */
   signal?: AbortSignal;
 }
@@ -242,7 +233,9 @@ export interface TrainIndexOptions {
  * it to `faiss.trained.index`, so adding can restart without training again. Refuses with
  * `E_NO_SPACE` up front when the directory cannot hold the trained index.
  */
-export async function trainIndex(opts: TrainIndexOptions): Promise<{ seconds: number }> {
+export async function trainIndex(
+  opts: TrainIndexOptions,
+): Promise<{ seconds: number; warnings: string[] }> {
   const t0 = performance.now();
   const paths = datastorePaths(opts.dir);
   using keys = MappedArray.open(paths.keys, { mode: "r", dtypes: ["<f4", "<f2"] });
@@ -261,11 +254,14 @@ export async function trainIndex(opts: TrainIndexOptions): Promise<{ seconds: nu
   for (let i = 0; i < rows.length; i++) sample.set(keys.view(rows[i], rows[i] + 1), i * d);
   if (opts.signal?.aborted) throw interrupted(opts.signal, "training interrupted before it began");
   using index = newIndex(d, opts.params);
-  await index.trainAsync(
+  // warnings: FAISS's clustering warnings for a small sample, one line each (FAISS itself
+  // would print one per PQ sub-quantizer).
+  const { warnings } = await index.trainAsync(
     sample instanceof Uint16Array ? { dtype: "float16", data: sample } : sample,
+    { signal: opts.signal },
   );
   writeIndexFile(index, paths.trainedIndex);
-  return { seconds: (performance.now() - t0) / 1000 };
+  return { seconds: (performance.now() - t0) / 1000, warnings };
 }
 
 /** Progress of {@link addToIndex}. */
@@ -284,13 +280,14 @@ export interface AddOptions {
   dir: string;
   /** Parameters from {@link planIndex} (for nprobe). */
   params: IndexParams;
-  /** Keys per block (one `add_with_ids` call). Default 65536. */
+  /** Keys per block (one `add_with_ids` call). Default: `params.addChunk`. */
   chunk?: number;
   /** Called after every block. */
   onProgress?: (p: AddProgress) => void;
   /**
-   * Stops at the next block boundary: the partial index is saved with `add.progress.json`
-   * and the next run resumes after the last finished block.
+   * Stops at the next block boundary, or within a block between FAISS's slices of 65 536 rows:
+   * the partial index is saved with `add.progress.json` and the next run resumes after the last
+   * key added.
    */
   signal?: AbortSignal;
 }
@@ -339,7 +336,7 @@ interface AddCheckpoint {
 export async function addToIndex(opts: AddOptions): Promise<AddResult> {
   const t0 = performance.now();
   const paths = datastorePaths(opts.dir);
-  const chunk = opts.chunk ?? 65536;
+  const chunk = opts.chunk ?? opts.params.addChunk ?? DEFAULT_CONFIG.index.addChunk;
   if (!Number.isInteger(chunk) || chunk < 1) {
     throw new RangeError(`chunk must be an integer ≥ 1, found ${chunk}`);
   }
@@ -427,19 +424,28 @@ export async function addToIndex(opts: AddOptions): Promise<AddResult> {
     keys.advise("sequential");
     const resumedFrom = start;
     opts.onProgress?.({ done: start, total: n, resumedFrom });
+    // Saves the index holding rows [0, ntotal) and stops: the safe point of a signal.
+    const stop = async (): Promise<never> => {
+      const done = index!.ntotal;
+      writeIndexFile(index!, paths.partialIndex);
+      await checkpoint(done, true);
+      throw interrupted(
+        opts.signal,
+        `add interrupted after ${done} of ${n} keys (${blocksDone} blocks); run it again to resume`,
+      );
+    };
     for (let s = start; s < n; s += chunk) {
-      if (opts.signal?.aborted) {
-        writeIndexFile(index, paths.partialIndex);
-        await checkpoint(s, true);
-        throw interrupted(
-          opts.signal,
-          `add interrupted after ${s} of ${n} keys (${blocksDone} blocks); run it again to resume`,
-        );
-      }
+      if (opts.signal?.aborted) await stop();
       const end = Math.min(n, s + chunk);
       const ids = new BigInt64Array(end - s);
       for (let i = 0; i < ids.length; i++) ids[i] = BigInt(s + i);
-      await index.addWithIdsAsync(vectorsOf(keys, s, end), ids);
+      try {
+        await index.addWithIdsAsync(vectorsOf(keys, s, end), ids, { signal: opts.signal });
+      } catch (e) {
+        // Stopped between FAISS's slices: the rows of the slices added so far stay, in order.
+        if (KnnError.is(e, "E_INTERRUPTED") && opts.signal?.aborted) await stop();
+        throw e;
+      }
       blocksDone++;
       opts.onProgress?.({ done: end, total: n, resumedFrom });
     }

@@ -236,7 +236,7 @@ export async function verifyDatastore(
   }
   let index: FaissIndex;
   try {
-    index = FaissIndex.read(paths.index);
+    index = FaissIndex.read(paths.index, { readOnly: true });
   } catch (e) {
     add("index", `${paths.index}: unreadable`, [{ ...problem(e), code: "E_CORRUPT" }]);
     return report();

@@ -4,50 +4,72 @@
  * This module is the source of truth (there is no committed `.cpp`): `build.ts` writes it next to
  * the compiled library in the cache, so a URL import or a `deno compile`d CLI can still build it.
  *
- * ABI rules, relied on by `ffi.ts`:
- * - every fallible function returns an `int` status (0 = ok) and writes FAISS's message into the
- *   caller's `err` buffer (`errlen` bytes, NUL-terminated). No thread-local last-error: nonblocking
- *   calls run on Deno's worker threads. C++ exceptions never cross the boundary.
+ * ABI rules, relied on by `ffi.ts` and `faiss_index.ts`:
+ * - every fallible function returns an `int` status and fills the caller's `err` buffer (`errlen`
+ *   bytes) with `path NUL message NUL` (path empty when no file is concerned). Statuses: 0 ok,
+ *   1 FAISS/C++ error, 2 a file's contents are inconsistent (corrupt), 3 interrupted through the
+ *   caller's cancel flag, 4 indexes that must share a training do not, 1000 + errno for an OS
+ *   error on a file. No thread-local last-error: nonblocking calls run on Deno's worker threads.
+ *   C++ exceptions never cross the boundary.
  * - vectors are `n` rows of `d` values, `dtype` 0 = float32 (used in place) or 1 = IEEE float16
  *   (raw bits, converted to float32 in slices of `KNNLM_CHUNK_ROWS` rows, never as a whole copy,
  *   except for `train`, which FAISS needs as one matrix).
+ * - `cancel` points at an int32 the caller sets to non-zero to stop a long call (train, add,
+ *   merge) at FAISS's next interrupt check; null means "cannot be cancelled".
  * - indexes are `faiss::Index*`, owned by the caller until `knnlm_index_free`.
+ * - FAISS prints nothing through the shim: on-disk inverted lists are grown, read and merged by
+ *   the shim itself (FAISS's own code for those prints "resizing …" / "updating ondisk filename"),
+ *   and the clustering warning for small training sets is returned to the caller instead.
  *
  * @module
  */
 
 /** Bumped whenever a signature in the ABI changes; `ffi.ts` refuses a library with another one. */
-export const SHIM_ABI_VERSION = 3;
+export const SHIM_ABI_VERSION = 4;
 
 /** The C++ source text, compiled by `build.ts` with `g++ -std=c++17 -fopenmp`. */
 export const SHIM_SOURCE: string = String
   .raw`// Generated from lib/index/_shim_source.ts (the source of truth); do not edit.
 // knnlm FAISS shim: C ABI over the FAISS C++ API, for Deno FFI.
+#include <faiss/Clustering.h>
 #include <faiss/Index.h>
 #include <faiss/IndexFlat.h>
 #include <faiss/IndexIDMap.h>
 #include <faiss/IndexIVF.h>
 #include <faiss/IndexIVFPQ.h>
+#include <faiss/IndexPQ.h>
 #include <faiss/IndexPreTransform.h>
 #include <faiss/IndexRefine.h>
+#include <faiss/clone_index.h>
+#include <faiss/impl/AuxIndexStructures.h>
 #include <faiss/impl/FaissException.h>
+#include <faiss/impl/io.h>
 #include <faiss/index_factory.h>
 #include <faiss/index_io.h>
+#include <faiss/invlists/InvertedLists.h>
+#include <faiss/invlists/InvertedListsIOHook.h>
 #include <faiss/invlists/OnDiskInvertedLists.h>
 #include <faiss/utils/distances.h>
 
 #include <cxxabi.h>
-#include <unistd.h>
+#include <fcntl.h>
 #include <omp.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
+#include <climits>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <limits>
+#include <memory>
+#include <mutex>
 #include <new>
 #include <stdexcept>
 #include <string>
@@ -62,6 +84,31 @@ namespace {
 
 enum DType : int32_t { DTYPE_F32 = 0, DTYPE_F16 = 1 };
 
+enum Status : int {
+  ST_OK = 0,
+  ST_NATIVE = 1,
+  ST_CORRUPT = 2,
+  ST_INTERRUPTED = 3,
+  ST_MISMATCH = 4,
+  ST_ERRNO = 1000,  // + errno
+};
+
+// knnlm_index_read flags (ours, not FAISS's io_flags).
+constexpr int32_t READ_MMAP = 1;       // in-memory lists mapped from the index file (read-only)
+constexpr int32_t READ_READ_ONLY = 2;  // on-disk lists opened O_RDONLY and mapped PROT_READ
+
+// An error with a status and the file it concerns; everything else thrown is status 1.
+struct ShimError : std::runtime_error {
+  int status;
+  std::string path;
+  ShimError(int status, std::string path, const std::string& msg)
+      : std::runtime_error(msg), status(status), path(std::move(path)) {}
+};
+
+ShimError errno_error(int e, const std::string& path, const std::string& doing) {
+  return ShimError(ST_ERRNO + e, path, path + ": " + doing + ": " + std::strerror(e));
+}
+
 // 0 = leave OpenMP's default (OMP_NUM_THREADS or all cores). OpenMP's thread count is a
 // per-thread setting, and nonblocking calls run on other threads than the caller's, so every
 // entry point re-applies the process-wide choice on the thread it runs on.
@@ -72,49 +119,79 @@ void apply_num_threads() {
   if (n > 0) omp_set_num_threads(n);
 }
 
-void write_err(char* err, size_t errlen, const char* msg) {
-  if (err == nullptr || errlen == 0) return;
-  std::snprintf(err, errlen, "%s", msg);
+// The cancel flag of the call running on this thread. FAISS polls InterruptCallback from the
+// thread that runs k-means (and add_core_o), which is the thread that entered the shim; OpenMP
+// workers see null and never interrupt.
+thread_local const int32_t* tl_cancel = nullptr;
+// Whether the flag was set when the last CancelScope on this thread ended: the scope is gone by
+// the time guarded() catches FAISS's "computation interrupted".
+thread_local bool tl_interrupted = false;
+
+bool cancel_requested() {
+  return tl_cancel != nullptr && __atomic_load_n(tl_cancel, __ATOMIC_RELAXED) != 0;
 }
 
-// FAISS's on-disk inverted lists report file resizes with printf on stdout, which would land
-// in the middle of a program's own output (e.g. JSON on stdout). While one of those calls runs,
-// fd 1 points at stderr. Calls run one at a time per index; output that another thread writes
-// to stdout meanwhile goes to stderr too.
-struct StdoutToStderr {
-  int saved;
-  StdoutToStderr() {
-    std::fflush(stdout);
-    saved = dup(1);
-    if (saved >= 0) dup2(2, 1);
-  }
-  ~StdoutToStderr() {
-    std::fflush(stdout);
-    if (saved >= 0) {
-      dup2(saved, 1);
-      close(saved);
+struct CancelFlagCallback : faiss::InterruptCallback {
+  bool want_interrupt() override { return cancel_requested(); }
+};
+
+// Installs the callback once per process (FAISS has one global instance); it answers for
+// whichever thread asks, so concurrent calls on other indexes are not affected.
+struct CancelScope {
+  explicit CancelScope(const int32_t* flag) {
+    static std::once_flag once;
+    if (flag != nullptr) {
+      std::call_once(once, [] { faiss::InterruptCallback::instance.reset(new CancelFlagCallback()); });
     }
+    tl_cancel = flag;
+  }
+  ~CancelScope() {
+    if (cancel_requested()) tl_interrupted = true;
+    tl_cancel = nullptr;
+  }
+  void check() const {
+    if (cancel_requested()) throw ShimError(ST_INTERRUPTED, "", "interrupted");
   }
 };
 
-// Runs fn and turns every exception into status 1 plus a message in err.
+// err = path NUL message NUL, truncated to errlen.
+void write_err(char* err, size_t errlen, const std::string& path, const std::string& msg) {
+  if (err == nullptr || errlen < 2) return;
+  size_t p = std::min(path.size(), errlen - 2);
+  std::memcpy(err, path.data(), p);
+  err[p] = '\0';
+  size_t m = std::min(msg.size(), errlen - p - 2);
+  std::memcpy(err + p + 1, msg.data(), m);
+  err[p + 1 + m] = '\0';
+}
+
+// Runs fn and turns every exception into a status plus a message in err.
 template <class Fn>
 int guarded(char* err, size_t errlen, Fn&& fn) {
-  if (err != nullptr && errlen > 0) err[0] = '\0';
+  if (err != nullptr && errlen > 1) err[0] = err[1] = '\0';
+  tl_interrupted = false;
   try {
     apply_num_threads();
     fn();
-    return 0;
+    return ST_OK;
+  } catch (const ShimError& e) {
+    write_err(err, errlen, e.path, e.what());
+    return e.status;
   } catch (const faiss::FaissException& e) {
-    write_err(err, errlen, e.what());
+    // FAISS's InterruptCallback::check throws "computation interrupted".
+    if (tl_interrupted || cancel_requested()) {
+      write_err(err, errlen, "", "interrupted");
+      return ST_INTERRUPTED;
+    }
+    write_err(err, errlen, "", e.what());
   } catch (const std::bad_alloc&) {
-    write_err(err, errlen, "out of memory (std::bad_alloc)");
+    write_err(err, errlen, "", "out of memory (std::bad_alloc)");
   } catch (const std::exception& e) {
-    write_err(err, errlen, e.what());
+    write_err(err, errlen, "", e.what());
   } catch (...) {
-    write_err(err, errlen, "unknown C++ exception");
+    write_err(err, errlen, "", "unknown C++ exception");
   }
-  return 1;
+  return ST_NATIVE;
 }
 
 // Metric codes are faiss::MetricType values: 0 = inner product, 1 = L2.
@@ -179,22 +256,29 @@ void half_to_float(const uint16_t* src, size_t count, float* dst) {
   for (int64_t i = 0; i < n; i++) dst[i] = table[src[i]];
 }
 
+void check_dtype(int32_t dtype) {
+  if (dtype != DTYPE_F32 && dtype != DTYPE_F16) {
+    throw std::invalid_argument("dtype code must be 0 (float32) or 1 (float16), got " +
+                                std::to_string(dtype));
+  }
+}
+
 void check_rows(int64_t n, const void* x) {
   if (n <= 0) throw std::invalid_argument("number of vectors must be > 0, got " + std::to_string(n));
   if (x == nullptr) throw std::invalid_argument("null vector pointer");
 }
 
-// Calls fn(rows, float32 rows, first row) over x: once, in place, for float32; in slices of at
-// most KNNLM_CHUNK_ROWS converted rows for float16, so the copy stays small.
+// Calls fn(rows, float32 rows, first row) over x in slices of at most KNNLM_CHUNK_ROWS rows:
+// float16 is converted per slice, so the copy stays small; float32 is used in place, in one
+// slice unless slice_f32 (add slices it, so that a cancel request is seen between slices).
 template <class Fn>
-void for_each_slice(const void* x, int32_t dtype, int64_t n, int64_t d, Fn&& fn) {
+void for_each_slice(const void* x, int32_t dtype, int64_t n, int64_t d, bool slice_f32, Fn&& fn) {
+  check_dtype(dtype);
   if (dtype == DTYPE_F32) {
-    fn(n, static_cast<const float*>(x), int64_t{0});
+    const float* f = static_cast<const float*>(x);
+    const int64_t step = slice_f32 ? KNNLM_CHUNK_ROWS : n;
+    for (int64_t i0 = 0; i0 < n; i0 += step) fn(std::min(step, n - i0), f + i0 * d, i0);
     return;
-  }
-  if (dtype != DTYPE_F16) {
-    throw std::invalid_argument("dtype code must be 0 (float32) or 1 (float16), got " +
-                                std::to_string(dtype));
   }
   const uint16_t* half = static_cast<const uint16_t*>(x);
   const int64_t rows = std::min<int64_t>(n, KNNLM_CHUNK_ROWS);
@@ -205,6 +289,16 @@ void for_each_slice(const void* x, int32_t dtype, int64_t n, int64_t d, Fn&& fn)
     fn(m, buf.data(), i0);
   }
 }
+
+std::string demangle(const char* name) {
+  int status = 0;
+  char* out = abi::__cxa_demangle(name, nullptr, nullptr, &status);
+  std::string s = (status == 0 && out != nullptr) ? out : name;
+  std::free(out);
+  return s;
+}
+
+std::string type_name(const faiss::Index* ix) { return demangle(typeid(*ix).name()); }
 
 // The IVF index inside wrappers, in any nesting order (faiss::ivflib::try_extract_index_ivf
 // only unwraps IndexPreTransform before IndexIDMap, so it misses "IDMap,PCA..,IVF..").
@@ -224,12 +318,392 @@ faiss::IndexIVF* find_ivf(faiss::Index* ix) {
   return nullptr;
 }
 
-std::string demangle(const char* name) {
-  int status = 0;
-  char* out = abi::__cxa_demangle(name, nullptr, nullptr, &status);
-  std::string s = (status == 0 && out != nullptr) ? out : name;
-  std::free(out);
-  return s;
+// An IVF index reached through IndexPreTransform wrappers only (outermost first in chain): the
+// shapes whose vectors the shim can add to on-disk lists and merge, since their ids and ntotal
+// live in the IVF index itself.
+struct PlainIvf {
+  faiss::IndexIVF* ivf = nullptr;
+  std::vector<faiss::IndexPreTransform*> chain;
+};
+
+PlainIvf plain_ivf(faiss::Index* ix) {
+  PlainIvf p;
+  for (int depth = 0; ix != nullptr && depth < 16; depth++) {
+    if (auto* ivf = dynamic_cast<faiss::IndexIVF*>(ix)) {
+      p.ivf = ivf;
+      return p;
+    }
+    auto* pt = dynamic_cast<faiss::IndexPreTransform*>(ix);
+    if (pt == nullptr) break;
+    p.chain.push_back(pt);
+    ix = pt->index;
+  }
+  p.chain.clear();
+  return p;
+}
+
+void propagate_ntotal(const PlainIvf& p) {
+  for (auto* pt : p.chain) pt->ntotal = p.ivf->ntotal;
+}
+
+faiss::OnDiskInvertedLists* ondisk_of(faiss::Index* ix) {
+  faiss::IndexIVF* ivf = find_ivf(ix);
+  return ivf == nullptr ? nullptr : dynamic_cast<faiss::OnDiskInvertedLists*>(ivf->invlists);
+}
+
+// ---- On-disk inverted lists ------------------------------------------------------------------
+// faiss.ivfdata holds, for each list, codes[capacity * code_size] then ids[capacity], at the
+// list's offset. FAISS grows it with truncate() (a sparse file: a full disk then kills the
+// process with SIGBUS on the first write through the mapping) and prints each resize; the shim
+// reserves real blocks with posix_fallocate before FAISS writes and maps the file itself.
+
+constexpr size_t INVALID_OFFSET = static_cast<size_t>(-1);
+
+size_t entry_bytes(const faiss::OnDiskInvertedLists* od) {
+  return od->code_size + sizeof(faiss::Index::idx_t);
+}
+
+// Bytes of faiss.ivfdata that the lists occupy (the end of the furthest list).
+size_t lists_end(const faiss::OnDiskInvertedLists* od) {
+  size_t end = 0;
+  for (const auto& l : od->lists) {
+    if (l.offset == INVALID_OFFSET || l.capacity == 0) continue;
+    end = std::max(end, l.offset + l.capacity * entry_bytes(od));
+  }
+  return end;
+}
+
+void map_file(faiss::OnDiskInvertedLists* od, int fd, size_t length, bool read_only) {
+  void* p = mmap(nullptr, length, read_only ? PROT_READ : PROT_READ | PROT_WRITE, MAP_SHARED, fd,
+                 0);
+  if (p == MAP_FAILED) throw errno_error(errno, od->filename, "cannot map " + std::to_string(length) + " bytes");
+  if (od->ptr != nullptr) munmap(od->ptr, od->totsize);
+  od->ptr = static_cast<uint8_t*>(p);
+  od->totsize = length;
+}
+
+// Grows faiss.ivfdata to new_size bytes of reserved blocks (the new bytes become one free slot
+// at the end, as in FAISS's update_totsize) and remaps it. On failure the file and the lists
+// are as before.
+void grow_ondisk(faiss::OnDiskInvertedLists* od, size_t new_size) {
+  if (od->read_only) throw std::invalid_argument(od->filename + ": inverted lists are read-only");
+  const size_t old_size = od->totsize;
+  if (new_size <= old_size) return;
+  int flags = O_RDWR | O_CREAT | O_CLOEXEC | (old_size == 0 ? O_TRUNC : 0);
+  int fd = open(od->filename.c_str(), flags, 0644);
+  if (fd < 0) throw errno_error(errno, od->filename, "cannot open for writing");
+  int r = posix_fallocate(fd, static_cast<off_t>(old_size), static_cast<off_t>(new_size - old_size));
+  if (r != 0) {
+    if (ftruncate(fd, static_cast<off_t>(old_size)) != 0) { /* keep the first error */ }
+    close(fd);
+    throw errno_error(r, od->filename,
+                      "cannot reserve " + std::to_string(new_size - old_size) +
+                          " more bytes (to " + std::to_string(new_size) + ")");
+  }
+  try {
+    map_file(od, fd, new_size, false);
+  } catch (...) {
+    close(fd);
+    throw;
+  }
+  close(fd);
+  auto& slots = od->slots;
+  if (!slots.empty() && slots.back().offset + slots.back().capacity == old_size) {
+    slots.back().capacity += new_size - old_size;
+  } else {
+    slots.push_back(faiss::OnDiskInvertedLists::Slot(old_size, new_size - old_size));
+  }
+}
+
+// Appends n encoded vectors to on-disk lists without letting FAISS grow the file: first the
+// space every list will take (FAISS's own resize rule: a power-of-two capacity, reallocated
+// unless size <= capacity and size > capacity / 2) is reserved at the end of the file, so the
+// slot allocator always finds room and never calls its own (printing, sparse) resize.
+void ondisk_add(const PlainIvf& p, int64_t n, const float* x, const int64_t* xids) {
+  faiss::IndexIVF* ivf = p.ivf;
+  auto* od = dynamic_cast<faiss::OnDiskInvertedLists*>(ivf->invlists);
+  if (od->read_only) throw std::invalid_argument(od->filename + ": inverted lists are read-only");
+  if (!ivf->is_trained) throw std::invalid_argument("the index is not trained");
+  if (ivf->direct_map.type != faiss::DirectMap::NoMap) {
+    throw std::invalid_argument("adding to on-disk lists with a direct map is not supported");
+  }
+  std::unique_ptr<const float[]> del;
+  const float* xt = x;
+  for (auto* pt : p.chain) {
+    const float* y = pt->apply_chain(n, xt);
+    if (y != xt) {
+      del.reset(y);
+      xt = y;
+    }
+  }
+  const size_t cs = ivf->code_size;
+  std::vector<faiss::Index::idx_t> assign(static_cast<size_t>(n));
+  ivf->quantizer->assign(n, xt, assign.data());
+  std::vector<uint8_t> codes(static_cast<size_t>(n) * cs);
+  ivf->encode_vectors(n, xt, assign.data(), codes.data(), false);
+  del.reset();
+
+  // Counting sort by list, stable, so each list receives its rows in input order (as FAISS's
+  // add does).
+  const size_t nlist = ivf->nlist;
+  std::vector<size_t> start(nlist + 1, 0);
+  for (int64_t i = 0; i < n; i++) {
+    if (assign[i] >= 0) start[assign[i] + 1]++;
+  }
+  for (size_t j = 0; j < nlist; j++) start[j + 1] += start[j];
+  const size_t placed = start[nlist];
+  std::vector<faiss::Index::idx_t> ids(placed);
+  std::vector<uint8_t> sorted(placed * cs);
+  {
+    std::vector<size_t> fill(start.begin(), start.end() - 1);
+    for (int64_t i = 0; i < n; i++) {
+      if (assign[i] < 0) continue;  // FAISS skips vectors it cannot assign (e.g. NaN)
+      size_t at = fill[assign[i]]++;
+      ids[at] = xids ? xids[i] : ivf->ntotal + i;
+      std::memcpy(&sorted[at * cs], &codes[static_cast<size_t>(i) * cs], cs);
+    }
+  }
+
+  size_t need = 0;
+  for (size_t j = 0; j < nlist; j++) {
+    size_t add = start[j + 1] - start[j];
+    if (add == 0) continue;
+    const auto& l = od->lists[j];
+    size_t ns = l.size + add;
+    if (ns <= l.capacity && ns > l.capacity / 2) continue;
+    size_t cap = 1;
+    while (cap < ns) cap *= 2;
+    need += cap * entry_bytes(od);
+  }
+  size_t tail = 0;
+  if (!od->slots.empty() && od->slots.back().offset + od->slots.back().capacity == od->totsize) {
+    tail = od->slots.back().capacity;
+  }
+  if (need > tail) {
+    const size_t page = 4096;
+    grow_ondisk(od, od->totsize + (need - tail + page - 1) / page * page);
+  }
+  for (size_t j = 0; j < nlist; j++) {
+    size_t add = start[j + 1] - start[j];
+    if (add > 0) od->add_entries(j, add, &ids[start[j]], &sorted[start[j] * cs]);
+  }
+  ivf->ntotal += n;
+  propagate_ntotal(p);
+}
+
+// Points the on-disk lists of a freshly read index (read with IO_FLAG_SKIP_IVF_DATA, so FAISS
+// mapped nothing) at faiss.ivfdata beside the index file, checks that the file holds every
+// list, and maps it: read-only (O_RDONLY, PROT_READ) when asked, so a datastore that the user
+// can read but not write can be searched.
+void attach_ondisk(faiss::Index* ix, const std::string& index_path, bool read_only) {
+  faiss::OnDiskInvertedLists* od = ondisk_of(ix);
+  if (od == nullptr || od->ptr != nullptr) return;
+  std::string dir = ".";
+  size_t slash = index_path.find_last_of('/');
+  if (slash != std::string::npos) dir = slash == 0 ? "/" : index_path.substr(0, slash);
+  if (char* real = realpath(dir.c_str(), nullptr)) {
+    dir = real;
+    std::free(real);
+  }
+  std::string base = od->filename;
+  slash = base.find_last_of('/');
+  if (slash != std::string::npos) base = base.substr(slash + 1);
+  od->filename = (dir == "/" ? "" : dir) + "/" + base;
+  od->read_only = read_only;
+
+  const size_t eb = entry_bytes(od);
+  for (size_t j = 0; j < od->lists.size(); j++) {
+    const auto& l = od->lists[j];
+    if (l.size > l.capacity || (l.capacity > 0 && l.offset == INVALID_OFFSET) ||
+        (l.capacity > 0 && (l.offset > SIZE_MAX / 2 || l.capacity > SIZE_MAX / 2 / eb))) {
+      throw ShimError(ST_CORRUPT, index_path,
+                      index_path + ": inverted list " + std::to_string(j) + " has size " +
+                          std::to_string(l.size) + ", capacity " + std::to_string(l.capacity) +
+                          ", offset " + std::to_string(l.offset) + " (damaged index file)");
+    }
+  }
+  const size_t end = lists_end(od);
+  if (end > od->totsize) {
+    throw ShimError(ST_CORRUPT, index_path,
+                    index_path + ": inverted lists end at byte " + std::to_string(end) +
+                        ", past the recorded size of " + od->filename + " (" +
+                        std::to_string(od->totsize) + " bytes; damaged index file)");
+  }
+  if (od->totsize == 0) return;  // nothing stored: no file needed until the first add
+  int fd = open(od->filename.c_str(), (read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC);
+  if (fd < 0) {
+    throw errno_error(errno, od->filename,
+                      read_only ? "cannot open for reading" : "cannot open for reading and writing");
+  }
+  struct stat st;
+  if (fstat(fd, &st) != 0) {
+    int e = errno;
+    close(fd);
+    throw errno_error(e, od->filename, "cannot stat");
+  }
+  // A writer may touch any byte up to totsize (free slots); a reader only the lists.
+  const size_t needed = read_only ? end : od->totsize;
+  const size_t found = static_cast<size_t>(st.st_size);
+  if (found < needed) {
+    close(fd);
+    throw ShimError(ST_CORRUPT, od->filename,
+                    od->filename + ": " + std::to_string(found) + " bytes, but " + index_path +
+                        " needs " + std::to_string(needed) +
+                        " (truncated, or not the file this index was written with)");
+  }
+  od->ptr = nullptr;
+  const size_t length = od->totsize;
+  od->totsize = 0;  // map_file sets it once the mapping exists
+  try {
+    map_file(od, fd, length, read_only);
+  } catch (...) {
+    od->totsize = length;
+    close(fd);
+    throw;
+  }
+  close(fd);
+}
+
+// Reads in-memory ("ilar") inverted lists in full. Registered as the hook for the io_flags tag
+// "ilkn", so that one read_index call with IO_FLAG_SKIP_IVF_DATA leaves on-disk lists unmapped
+// (attach_ondisk maps them) while in-memory lists are still read as FAISS reads them.
+struct ArrayListsReader : faiss::InvertedListsIOHook {
+  ArrayListsReader() : faiss::InvertedListsIOHook("ilkn", "knnlm::ArrayListsReader") {}
+  void write(const faiss::InvertedLists*, faiss::IOWriter*) const override {
+    throw std::logic_error("knnlm::ArrayListsReader only reads");
+  }
+  faiss::InvertedLists* read(faiss::IOReader*, int) const override {
+    throw std::logic_error("knnlm::ArrayListsReader only reads in-memory lists");
+  }
+  faiss::InvertedLists* read_ArrayInvertedLists(faiss::IOReader* f, int, size_t nlist,
+                                                size_t code_size,
+                                                const std::vector<size_t>& sizes) const override {
+    std::unique_ptr<faiss::ArrayInvertedLists> ails(
+        new faiss::ArrayInvertedLists(nlist, code_size));
+    for (size_t i = 0; i < nlist; i++) {
+      size_t n = sizes[i];
+      if (n == 0) continue;
+      ails->codes[i].resize(n * code_size);
+      ails->ids[i].resize(n);
+      if ((*f)(ails->codes[i].data(), 1, n * code_size) != n * code_size ||
+          (*f)(ails->ids[i].data(), sizeof(faiss::Index::idx_t), n) != n) {
+        throw std::runtime_error("unexpected end of file in inverted list " + std::to_string(i));
+      }
+    }
+    return ails.release();
+  }
+};
+
+// FAISS io_flags: skip IVF data, and route "ilar" lists through ArrayListsReader ("ilkn").
+int ondisk_aware_flags() {
+  static std::once_flag once;
+  std::call_once(once, [] { faiss::InvertedListsIOHook::add_callback(new ArrayListsReader()); });
+  const uint32_t tag = static_cast<uint32_t>('k') << 16 | static_cast<uint32_t>('n') << 24;
+  return static_cast<int>(tag) | faiss::IO_FLAG_SKIP_IVF_DATA;
+}
+
+// ---- Training ----------------------------------------------------------------------------------
+// FAISS's k-means prints "WARNING clustering N points to K centroids" to stderr (once per PQ
+// sub-quantizer: 64 lines for PQ64). The shim decides the same condition, returns one line per
+// clustering to the caller and turns FAISS's check off for the call.
+struct QuietClustering {
+  struct Saved {
+    faiss::ClusteringParameters* cp;
+    int min_points;
+  };
+  std::vector<Saved> saved;
+  std::string warnings;
+
+  void watch(faiss::ClusteringParameters& cp, int64_t n, size_t k, const std::string& what) {
+    const int64_t want = static_cast<int64_t>(k) * cp.min_points_per_centroid;
+    if (cp.min_points_per_centroid > 0 && n < want && n >= static_cast<int64_t>(k)) {
+      if (!warnings.empty()) warnings += '\n';
+      warnings += what + ": " + std::to_string(n) + " training vectors for " + std::to_string(k) +
+                  " centroids; FAISS recommends at least " + std::to_string(want) +
+                  " (" + std::to_string(cp.min_points_per_centroid) + " per centroid)";
+    }
+    saved.push_back({&cp, cp.min_points_per_centroid});
+    cp.min_points_per_centroid = 0;
+  }
+
+  QuietClustering(faiss::Index* ix, int64_t n) {
+    for (int depth = 0; ix != nullptr && depth < 16; depth++) {
+      if (auto* ivf = dynamic_cast<faiss::IndexIVF*>(ix)) {
+        bool q_trained = ivf->quantizer->is_trained && ivf->quantizer->ntotal == (faiss::Index::idx_t)ivf->nlist;
+        if (!q_trained && ivf->quantizer_trains_alone != 1) {
+          watch(ivf->cp, n, ivf->nlist, "coarse quantizer (nlist " + std::to_string(ivf->nlist) + ")");
+        }
+        if (auto* ivfpq = dynamic_cast<faiss::IndexIVFPQ*>(ivf)) {
+          watch(ivfpq->pq.cp, n, ivfpq->pq.ksub,
+                "PQ codebooks (" + std::to_string(ivfpq->pq.M) + " × " +
+                    std::to_string(ivfpq->pq.ksub) + " centroids)");
+        }
+        return;
+      }
+      if (auto* pq = dynamic_cast<faiss::IndexPQ*>(ix)) {
+        watch(pq->pq.cp, n, pq->pq.ksub,
+              "PQ codebooks (" + std::to_string(pq->pq.M) + " × " + std::to_string(pq->pq.ksub) +
+                  " centroids)");
+        return;
+      }
+      if (auto* pt = dynamic_cast<faiss::IndexPreTransform*>(ix)) {
+        ix = pt->index;
+      } else if (auto* idmap = dynamic_cast<faiss::IndexIDMap*>(ix)) {
+        ix = idmap->index;
+      } else if (auto* refine = dynamic_cast<faiss::IndexRefine*>(ix)) {
+        ix = refine->base_index;
+      } else {
+        return;
+      }
+    }
+  }
+
+  ~QuietClustering() {
+    for (auto& s : saved) s.cp->min_points_per_centroid = s.min_points;
+  }
+};
+
+// After a failed or interrupted train, FAISS may have left k-means centroids in the coarse
+// quantizer; a later train would then skip quantizer training ("does not need training").
+void forget_partial_training(faiss::Index* ix) {
+  faiss::IndexIVF* ivf = find_ivf(ix);
+  if (ivf != nullptr && !ivf->is_trained && ivf->quantizer_trains_alone != 1) {
+    ivf->quantizer->reset();
+  }
+}
+
+// ---- Sharing one training ----------------------------------------------------------------------
+// Shards merged into one index must have been filled from clones of one trained index.
+void check_same_training(const faiss::IndexIVF* a, const faiss::IndexIVF* b, int shard) {
+  std::string why;
+  if (a->d != b->d) {
+    why = "dimension " + std::to_string(b->d) + " vs " + std::to_string(a->d);
+  } else if (a->nlist != b->nlist) {
+    why = "nlist " + std::to_string(b->nlist) + " vs " + std::to_string(a->nlist);
+  } else if (a->code_size != b->code_size) {
+    why = "code size " + std::to_string(b->code_size) + " vs " + std::to_string(a->code_size);
+  } else if (a->metric_type != b->metric_type) {
+    why = "another metric";
+  } else if (!b->is_trained) {
+    why = "the shard is not trained";
+  } else {
+    auto* qa = dynamic_cast<const faiss::IndexFlatCodes*>(a->quantizer);
+    auto* qb = dynamic_cast<const faiss::IndexFlatCodes*>(b->quantizer);
+    auto* pa = dynamic_cast<const faiss::IndexIVFPQ*>(a);
+    auto* pb = dynamic_cast<const faiss::IndexIVFPQ*>(b);
+    if (qa != nullptr && qb != nullptr && qa->codes != qb->codes) {
+      why = "other coarse centroids";
+    } else if (pa != nullptr && pb != nullptr && pa->pq.centroids != pb->pq.centroids) {
+      why = "other PQ codebooks";
+    } else if ((pa == nullptr) != (pb == nullptr)) {
+      why = "another index type";
+    }
+  }
+  if (!why.empty()) {
+    throw ShimError(ST_MISMATCH, "",
+                    "shard " + std::to_string(shard) + " does not share the trained index's " +
+                        "training (" + why + ")");
+  }
 }
 
 }  // namespace
@@ -286,20 +760,64 @@ KNNLM_API int knnlm_index_ivfpq(int32_t d, int64_t nlist, int32_t m, int32_t nbi
   });
 }
 
-// io_flags as in faiss/index_io.h (e.g. IO_FLAG_MMAP = 0x646f0008).
-KNNLM_API int knnlm_index_read(const char* path, int32_t io_flags, void** out, char* err,
+// flags: 1 = map in-memory lists from the index file (FAISS's IO_FLAG_MMAP; read-only),
+// 2 = open on-disk lists read-only. On-disk lists are always looked up beside the index file
+// (FAISS's IO_FLAG_ONDISK_SAME_DIR, without its print) and checked against the file's size.
+KNNLM_API int knnlm_index_read(const char* path, int32_t flags, void** out, char* err,
                                size_t errlen) {
   return guarded(err, errlen, [&] {
     if (path == nullptr) throw std::invalid_argument("null path");
-    StdoutToStderr quiet;
-    *out = faiss::read_index(path, io_flags);
+    const bool read_only = (flags & (READ_MMAP | READ_READ_ONLY)) != 0;
+    int io_flags = (flags & READ_MMAP) ? faiss::IO_FLAG_MMAP : ondisk_aware_flags();
+    if (read_only) io_flags |= faiss::IO_FLAG_READ_ONLY;
+    FILE* f = std::fopen(path, "rbe");
+    if (f == nullptr) throw errno_error(errno, path, "cannot open for reading");
+    std::unique_ptr<faiss::Index> ix;
+    try {
+      ix.reset(faiss::read_index(f, io_flags));
+    } catch (const std::exception& e) {
+      bool io_error = std::ferror(f) != 0;
+      int saved = errno;
+      std::fclose(f);
+      if (io_error && saved != 0) throw errno_error(saved, path, "cannot read");
+      throw ShimError(ST_CORRUPT, path,
+                      std::string(path) + ": not a complete FAISS index file (" + e.what() + ")");
+    }
+    std::fclose(f);
+    attach_ondisk(ix.get(), path, read_only);
+    *out = ix.release();
   });
 }
 
+// Writes with FAISS's writer into a file the shim opens, so that errno reaches the caller (a
+// full disk is ENOSPC naming the file, also when it only shows at fflush/fsync/fclose). Mapped
+// on-disk lists are flushed first: the index file must never describe lists not yet on disk.
 KNNLM_API int knnlm_index_write(const void* index, const char* path, char* err, size_t errlen) {
   return guarded(err, errlen, [&] {
     if (path == nullptr) throw std::invalid_argument("null path");
-    faiss::write_index(as_index(index), path);
+    const faiss::Index* ix = as_index(index);
+    faiss::OnDiskInvertedLists* od = ondisk_of(const_cast<faiss::Index*>(ix));
+    if (od != nullptr && od->ptr != nullptr && !od->read_only &&
+        msync(od->ptr, od->totsize, MS_SYNC) != 0) {
+      throw errno_error(errno, od->filename, "cannot flush to disk");
+    }
+    FILE* f = std::fopen(path, "wbe");
+    if (f == nullptr) throw errno_error(errno, path, "cannot create");
+    try {
+      faiss::write_index(ix, f);
+    } catch (const std::exception&) {
+      bool io_error = std::ferror(f) != 0;
+      int saved = errno;
+      std::fclose(f);
+      if (io_error && saved != 0) throw errno_error(saved, path, "cannot write");
+      throw;
+    }
+    if (std::fflush(f) != 0 || fsync(fileno(f)) != 0) {
+      int saved = errno;
+      std::fclose(f);
+      throw errno_error(saved, path, "cannot write");
+    }
+    if (std::fclose(f) != 0) throw errno_error(errno, path, "cannot write");
   });
 }
 
@@ -316,46 +834,75 @@ KNNLM_API int knnlm_index_stats(const void* index, int64_t* out, char* err, size
   });
 }
 
-// Demangled C++ class name of the index, e.g. "faiss::IndexIVFPQ".
+// Demangled C++ class name of the index, e.g. "faiss::IndexIVFPQ", into buf (NUL-terminated).
 KNNLM_API int knnlm_index_type(const void* index, char* buf, size_t buflen, char* err,
                                size_t errlen) {
   return guarded(err, errlen, [&] {
-    const faiss::Index* ix = as_index(index);
-    write_err(buf, buflen, demangle(typeid(*ix).name()).c_str());
+    std::string name = type_name(as_index(index));
+    if (buf == nullptr || buflen == 0) return;
+    std::snprintf(buf, buflen, "%s", name.c_str());
   });
 }
 
 // x: [n, d] in dtype. FAISS trains on one matrix, so float16 input is converted whole here.
-KNNLM_API int knnlm_index_train(void* index, int64_t n, const void* x, int32_t dtype, char* err,
+// warnings (NUL-terminated, lines separated by '\n') receives FAISS's clustering warnings.
+KNNLM_API int knnlm_index_train(void* index, int64_t n, const void* x, int32_t dtype,
+                                const int32_t* cancel, char* warnings, size_t warnlen, char* err,
                                 size_t errlen) {
   return guarded(err, errlen, [&] {
     faiss::Index* ix = as_index(index);
     check_rows(n, x);
-    if (dtype == DTYPE_F32) {
-      ix->train(n, static_cast<const float*>(x));
-    } else if (dtype == DTYPE_F16) {
-      std::vector<float> buf(static_cast<size_t>(n * ix->d));
+    check_dtype(dtype);
+    if (warnings != nullptr && warnlen > 0) warnings[0] = '\0';
+    CancelScope scope(cancel);
+    scope.check();
+    std::vector<float> buf;
+    const float* xf = static_cast<const float*>(x);
+    if (dtype == DTYPE_F16) {
+      buf.resize(static_cast<size_t>(n * ix->d));
       half_to_float(static_cast<const uint16_t*>(x), buf.size(), buf.data());
-      ix->train(n, buf.data());
-    } else {
-      throw std::invalid_argument("dtype code must be 0 (float32) or 1 (float16), got " +
-                                  std::to_string(dtype));
+      xf = buf.data();
+    }
+    QuietClustering quiet(ix, n);
+    try {
+      ix->train(n, xf);
+    } catch (...) {
+      forget_partial_training(ix);
+      throw;
+    }
+    if (warnings != nullptr && warnlen > 0) {
+      std::snprintf(warnings, warnlen, "%s", quiet.warnings.c_str());
     }
   });
 }
 
 // x: [n, d] in dtype; ids: [n] int64 or null for sequential ids (ntotal, ntotal + 1, ...).
+// Rows go in slices of KNNLM_CHUNK_ROWS; when cancel is set between slices, the call stops
+// with status 3 and the slices already added stay (ntotal says how many rows).
 KNNLM_API int knnlm_index_add(void* index, int64_t n, const void* x, int32_t dtype,
-                              const int64_t* ids, char* err, size_t errlen) {
+                              const int64_t* ids, const int32_t* cancel, char* err,
+                              size_t errlen) {
   return guarded(err, errlen, [&] {
     faiss::Index* ix = as_index(index);
     check_rows(n, x);
-    StdoutToStderr quiet;
-    for_each_slice(x, dtype, n, ix->d, [&](int64_t m, const float* rows, int64_t i0) {
-      if (ids == nullptr) {
+    CancelScope scope(cancel);
+    PlainIvf plain;
+    if (ondisk_of(ix) != nullptr) {
+      plain = plain_ivf(ix);
+      if (plain.ivf == nullptr) {
+        throw std::invalid_argument("adding to on-disk inverted lists inside " + type_name(ix) +
+                                    " is not supported (only IVF, optionally under PreTransform)");
+      }
+    }
+    for_each_slice(x, dtype, n, ix->d, true, [&](int64_t m, const float* rows, int64_t i0) {
+      scope.check();
+      const int64_t* slice_ids = ids == nullptr ? nullptr : ids + i0;
+      if (plain.ivf != nullptr) {
+        ondisk_add(plain, m, rows, slice_ids);
+      } else if (slice_ids == nullptr) {
         ix->add(m, rows);
       } else {
-        ix->add_with_ids(m, rows, ids + i0);
+        ix->add_with_ids(m, rows, slice_ids);
       }
     });
   });
@@ -370,7 +917,7 @@ KNNLM_API int knnlm_index_search(const void* index, int64_t n, const void* x, in
     check_rows(n, x);
     if (k <= 0) throw std::invalid_argument("k must be > 0, got " + std::to_string(k));
     if (distances == nullptr || labels == nullptr) throw std::invalid_argument("null output");
-    for_each_slice(x, dtype, n, ix->d, [&](int64_t m, const float* rows, int64_t i0) {
+    for_each_slice(x, dtype, n, ix->d, false, [&](int64_t m, const float* rows, int64_t i0) {
       ix->search(m, rows, k, distances + i0 * k, labels + i0 * k);
     });
   });
@@ -378,22 +925,142 @@ KNNLM_API int knnlm_index_search(const void* index, int64_t n, const void* x, in
 
 // Moves an empty IVF index's inverted lists into a memory-mapped file at path, so the codes
 // added later live in the page cache, not in anonymous memory. write_index then records the
-// file's name; read it back from the same directory with IO_FLAG_ONDISK_SAME_DIR.
+// file's name; knnlm_index_read finds it in the index file's directory. The file is created by
+// the first add.
 KNNLM_API int knnlm_index_use_ondisk(void* index, const char* path, char* err, size_t errlen) {
   return guarded(err, errlen, [&] {
     if (path == nullptr) throw std::invalid_argument("null path");
-    faiss::IndexIVF* ivf = find_ivf(as_index(index));
-    if (ivf == nullptr) {
-      throw std::invalid_argument("on-disk inverted lists apply only to IVF indexes; this is " +
-                                  demangle(typeid(*as_index(index)).name()));
+    faiss::Index* ix = as_index(index);
+    PlainIvf p = plain_ivf(ix);
+    if (p.ivf == nullptr) {
+      throw std::invalid_argument(
+          "on-disk inverted lists apply only to IVF indexes (optionally under PreTransform); "
+          "this is " + type_name(ix));
     }
-    if (ivf->ntotal != 0) {
+    if (p.ivf->ntotal != 0) {
       throw std::invalid_argument("on-disk inverted lists need an empty index, this one holds " +
-                                  std::to_string(ivf->ntotal));
+                                  std::to_string(p.ivf->ntotal));
     }
-    StdoutToStderr quiet;
-    auto* od = new faiss::OnDiskInvertedLists(ivf->nlist, ivf->code_size, path);
-    ivf->replace_invlists(od, true);
+    auto* od = new faiss::OnDiskInvertedLists(p.ivf->nlist, p.ivf->code_size, path);
+    p.ivf->replace_invlists(od, true);
+  });
+}
+
+// out[0..3] = has on-disk lists (0/1), bytes the lists occupy (what faiss.ivfdata must hold at
+// least), bytes mapped (FAISS's totsize), read-only (0/1); path receives the file's name.
+KNNLM_API int knnlm_index_ondisk_info(const void* index, int64_t* out, char* path, size_t pathlen,
+                                      char* err, size_t errlen) {
+  return guarded(err, errlen, [&] {
+    const faiss::OnDiskInvertedLists* od = ondisk_of(const_cast<faiss::Index*>(as_index(index)));
+    out[0] = od != nullptr ? 1 : 0;
+    out[1] = od != nullptr ? static_cast<int64_t>(lists_end(od)) : 0;
+    out[2] = od != nullptr ? static_cast<int64_t>(od->totsize) : 0;
+    out[3] = od != nullptr && od->read_only ? 1 : 0;
+    if (path != nullptr && pathlen > 0) {
+      std::snprintf(path, pathlen, "%s", od != nullptr ? od->filename.c_str() : "");
+    }
+  });
+}
+
+// Builds one index from the inverted lists of n_shards IVF indexes filled from clones of
+// trained (FAISS's contrib/ondisk.py merge_ondisk): a clone of trained whose lists live in a new
+// file at path, each list sized exactly (codes then ids of every shard, in shard order). This is
+// OnDiskInvertedLists::merge_from, done here so the file's blocks are reserved up front
+// (posix_fallocate) and nothing is printed. On failure the file at path is removed.
+KNNLM_API int knnlm_index_merge_ondisk(const void* trained, const void* const* shards,
+                                       int32_t n_shards, const char* path, const int32_t* cancel,
+                                       void** out, char* err, size_t errlen) {
+  return guarded(err, errlen, [&] {
+    if (path == nullptr || shards == nullptr) throw std::invalid_argument("null argument");
+    if (n_shards <= 0) throw std::invalid_argument("no shards to merge");
+    CancelScope scope(cancel);
+    const faiss::Index* t = as_index(trained);
+    PlainIvf tp = plain_ivf(const_cast<faiss::Index*>(t));
+    if (tp.ivf == nullptr) {
+      throw std::invalid_argument("the trained index must be IVF (optionally under PreTransform); "
+                                  "it is " + type_name(t));
+    }
+    if (!tp.ivf->is_trained) throw std::invalid_argument("the trained index is not trained");
+    if (tp.ivf->ntotal != 0) {
+      throw std::invalid_argument("the trained index must be empty; it holds " +
+                                  std::to_string(tp.ivf->ntotal) + " vectors");
+    }
+    std::vector<const faiss::InvertedLists*> ils;
+    for (int32_t i = 0; i < n_shards; i++) {
+      faiss::Index* s = const_cast<faiss::Index*>(as_index(shards[i]));
+      PlainIvf sp = plain_ivf(s);
+      if (sp.ivf == nullptr) {
+        throw std::invalid_argument("shard " + std::to_string(i) + " is " + type_name(s) +
+                                    ", not an IVF index");
+      }
+      check_same_training(tp.ivf, sp.ivf, i);
+      ils.push_back(sp.ivf->invlists);
+    }
+    const size_t nlist = tp.ivf->nlist;
+    const size_t cs = tp.ivf->code_size;
+    std::vector<size_t> sizes(nlist, 0);
+    size_t ntotal = 0;
+    for (auto* il : ils) {
+      for (size_t j = 0; j < nlist; j++) sizes[j] += il->list_size(j);
+    }
+    for (size_t j = 0; j < nlist; j++) ntotal += sizes[j];
+
+    std::unique_ptr<faiss::Index> res(faiss::clone_index(t));
+    PlainIvf rp = plain_ivf(res.get());
+    auto* od = new faiss::OnDiskInvertedLists(nlist, cs, path);
+    rp.ivf->replace_invlists(od, true);
+    size_t offset = 0;
+    for (size_t j = 0; j < nlist; j++) {
+      od->lists[j].size = 0;
+      od->lists[j].capacity = sizes[j];
+      od->lists[j].offset = offset;  // as merge_from: empty lists point at the next list
+      offset += sizes[j] * entry_bytes(od);
+    }
+    const std::string file = path;
+    try {
+      int fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+      if (fd < 0) throw errno_error(errno, file, "cannot create");
+      if (offset > 0) {
+        int r = posix_fallocate(fd, 0, static_cast<off_t>(offset));
+        if (r != 0) {
+          close(fd);
+          throw errno_error(r, file, "cannot reserve " + std::to_string(offset) + " bytes");
+        }
+        try {
+          map_file(od, fd, offset, false);
+        } catch (...) {
+          close(fd);
+          throw;
+        }
+      }
+      close(fd);
+      std::atomic<bool> stop{false};
+      const int32_t* flag = cancel;
+#pragma omp parallel for schedule(dynamic, 16)
+      for (int64_t j = 0; j < static_cast<int64_t>(nlist); j++) {
+        if (stop.load(std::memory_order_relaxed)) continue;
+        if (flag != nullptr && __atomic_load_n(flag, __ATOMIC_RELAXED) != 0) {
+          stop.store(true);
+          continue;
+        }
+        auto& l = od->lists[j];
+        for (auto* il : ils) {
+          size_t n = il->list_size(j);
+          if (n == 0) continue;
+          faiss::InvertedLists::ScopedCodes codes(il, j);
+          faiss::InvertedLists::ScopedIds ids(il, j);
+          l.size += n;
+          od->update_entries(j, l.size - n, n, ids.get(), codes.get());
+        }
+      }
+      if (stop.load()) throw ShimError(ST_INTERRUPTED, "", "interrupted");
+    } catch (...) {
+      unlink(path);
+      throw;
+    }
+    rp.ivf->ntotal = static_cast<faiss::Index::idx_t>(ntotal);
+    propagate_ntotal(rp);
+    *out = res.release();
   });
 }
 
@@ -409,17 +1076,13 @@ KNNLM_API int knnlm_l2_rows(const float* queries, int64_t nq, int32_t d, const v
       throw std::invalid_argument("null pointer argument");
     }
     if (d <= 0 || k <= 0 || nq < 0) throw std::invalid_argument("d and k must be > 0");
-    if (dtype != DTYPE_F32 && dtype != DTYPE_F16) {
-      throw std::invalid_argument("dtype code must be 0 (float32) or 1 (float16), got " +
-                                  std::to_string(dtype));
-    }
+    check_dtype(dtype);
     for (int64_t i = 0; i < nq * k; i++) {
       if (labels[i] >= nbase) {
         throw std::out_of_range("label " + std::to_string(labels[i]) + " >= " +
                                 std::to_string(nbase) + " base rows");
       }
     }
-    apply_num_threads();
 #pragma omp parallel
     {
       std::vector<float> row(static_cast<size_t>(d));
@@ -453,7 +1116,7 @@ KNNLM_API int knnlm_index_get_nprobe(const void* index, int64_t* out, char* err,
     const faiss::IndexIVF* ivf = find_ivf(const_cast<faiss::Index*>(as_index(index)));
     if (ivf == nullptr) {
       throw std::invalid_argument("nprobe applies only to IVF indexes; this index is " +
-                                  demangle(typeid(*as_index(index)).name()));
+                                  type_name(as_index(index)));
     }
     *out = static_cast<int64_t>(ivf->nprobe);
   });
@@ -464,7 +1127,7 @@ KNNLM_API int knnlm_index_set_nprobe(void* index, int64_t nprobe, char* err, siz
     faiss::IndexIVF* ivf = find_ivf(as_index(index));
     if (ivf == nullptr) {
       throw std::invalid_argument("nprobe applies only to IVF indexes; this index is " +
-                                  demangle(typeid(*as_index(index)).name()));
+                                  type_name(as_index(index)));
     }
     if (nprobe <= 0) throw std::invalid_argument("nprobe must be > 0");
     ivf->nprobe = static_cast<size_t>(nprobe);

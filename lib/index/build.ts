@@ -9,7 +9,10 @@
  * @module
  */
 
+import { KnnError } from "../core/errors.ts";
 import { sha256Hex } from "../core/_hash.ts";
+import { cacheRoot } from "../core/_cache.ts";
+import { runSync as run, tail } from "../core/_run.ts";
 import { SHIM_ABI_VERSION, SHIM_SOURCE } from "./_shim_source.ts";
 
 /** Environment variable naming an already built shim library; it overrides the cache. */
@@ -66,16 +69,6 @@ function isFile(path: string): boolean {
   }
 }
 
-function run(cmd: string, args: string[]): { ok: boolean; stdout: string; stderr: string } {
-  try {
-    const out = new Deno.Command(cmd, { args, stdout: "piped", stderr: "piped" }).outputSync();
-    const dec = new TextDecoder();
-    return { ok: out.success, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
-  } catch (e) {
-    return { ok: false, stdout: "", stderr: e instanceof Error ? e.message : String(e) };
-  }
-}
-
 function multiarch(): string {
   return Deno.build.arch === "aarch64" ? "aarch64-linux-gnu" : "x86_64-linux-gnu";
 }
@@ -87,10 +80,7 @@ function prefixes(): string[] {
 
 /** The cache root for compiled shims: `<cache>/faiss-shim`. */
 export function shimCacheRoot(): string {
-  const base = env("KNNLM_CACHE_DIR") ??
-    (env("XDG_CACHE_HOME") ? `${env("XDG_CACHE_HOME")}/knnlm` : undefined) ??
-    `${env("HOME") ?? "/tmp"}/.cache/knnlm`;
-  return `${base}/faiss-shim`;
+  return `${cacheRoot()}/faiss-shim`;
 }
 
 /** Looks for a C++ compiler, the FAISS headers and the FAISS library; runs no install. */
@@ -247,7 +237,8 @@ export function buildShim(opts: BuildShimOptions = {}): ShimBuild {
   const root = opts.cacheRoot ?? shimCacheRoot();
   const key = shimKey(tc);
   if (tc.missing.length > 0 || !key || !tc.compiler || !tc.library || !tc.includeDir) {
-    throw new Error(
+    throw new KnnError(
+      "E_SETUP",
       `cannot compile the FAISS shim: missing ${tc.missing.join(", ")}\n` +
         `  searched: ${tc.searched.join(", ")}`,
     );
@@ -280,7 +271,8 @@ export function buildShim(opts: BuildShimOptions = {}): ShimBuild {
     ];
     const c = run(tc.compiler, compileArgs);
     if (!c.ok) {
-      throw new Error(
+      throw new KnnError(
+        "E_SETUP",
         `compiling the FAISS shim failed: ${tc.compiler} ${compileArgs.join(" ")}\n${
           tail(c.stderr)
         }`,
@@ -353,7 +345,10 @@ function linkShim(compiler: string, library: string, obj: string, out: string): 
     if (r.ok) return blas;
     errors.push(`${compiler} ${args.join(" ")}\n${tail(r.stderr)}`);
   }
-  throw new Error(`linking the FAISS shim failed:\n${errors.join("\n")}`);
+  throw new KnnError(
+    "E_SETUP",
+    `linking the FAISS shim failed:\n${errors.join("\n")}`,
+  );
 }
 
 function readRecord(dir: string): { linkFlags?: string[] } | null {
@@ -371,8 +366,4 @@ function exists(path: string): boolean {
   } catch {
     return false;
   }
-}
-
-function tail(text: string, lines = 20): string {
-  return text.trimEnd().split("\n").slice(-lines).join("\n");
 }

@@ -4,6 +4,9 @@
  * @module
  */
 
+import { resolve } from "node:path";
+import { fsError, KnnError } from "../core/errors.ts";
+import { cPath, ErrnoError } from "../storage/_libc.ts";
 import { type FaissLibrary, openFaissLibrary } from "./ffi.ts";
 
 /** Distance metric: squared L2 (`"l2"`) or inner product (`"ip"`). */
@@ -49,16 +52,88 @@ export interface IvfPqOptions {
 /** Options of `FaissIndex.read`. */
 export interface ReadOptions {
   /**
-   * Map the inverted lists of an IVF index from the file instead of loading them (FAISS's
+   * Map in-memory inverted lists from the index file instead of loading them (FAISS's
    * `IO_FLAG_MMAP`); the index is then read-only. Default false.
    */
   mmap?: boolean;
+  /**
+   * Open on-disk inverted lists (`faiss.ivfdata`) read-only, so that a file the caller may read
+   * but not write can be searched; adding then throws. Default false (opened for reading and
+   * writing, as FAISS does).
+   */
+  readOnly?: boolean;
 }
 
-/** FAISS's `IO_FLAG_MMAP` from `faiss/index_io.h` (`IO_FLAG_SKIP_IVF_DATA | 0x646f0000`). */
-export const IO_FLAG_MMAP = 0x646f0008;
-/** FAISS's IO_FLAG_ONDISK_SAME_DIR: find on-disk inverted lists next to the index file. */
-export const IO_FLAG_ONDISK_SAME_DIR = 4;
+/** Options of `train` / `trainAsync`. */
+export interface TrainOptions {
+  /** Train on the first `n` rows only. Default: all rows. */
+  n?: number;
+  /**
+   * `trainAsync` only: aborting stops FAISS's k-means at its next check (each k-means iteration
+   * and each block of the assignment search, so within seconds) and rejects with the signal's
+   * reason when it is a `KnnError`, else with `E_INTERRUPTED`. The index is then untrained.
+   */
+  signal?: AbortSignal;
+}
+
+/** What `train` reports besides training the index. */
+export interface TrainResult {
+  /**
+   * FAISS's clustering warnings, one line per clustering (coarse quantizer, PQ codebooks) that
+   * had fewer training vectors than FAISS recommends (39 per centroid). FAISS itself would have
+   * printed them to stderr, once per PQ sub-quantizer; the binding never lets it.
+   */
+  warnings: string[];
+}
+
+/** Options of `addAsync` / `addWithIdsAsync`. */
+export interface AddVectorsOptions {
+  /**
+   * Aborting stops between slices of 65 536 rows and rejects with the signal's reason when it is
+   * a `KnnError`, else with `E_INTERRUPTED`. The slices already added stay (see `ntotal`).
+   */
+  signal?: AbortSignal;
+}
+
+/** Where an IVF index keeps its inverted lists when they are on disk (`faiss.ivfdata`). */
+export interface OnDiskLists {
+  /** Absolute path of the lists file. */
+  path: string;
+  /** Bytes the lists occupy: the file must hold at least this many (checked by `read`). */
+  bytesUsed: number;
+  /** Bytes mapped (FAISS's `totsize`): the lists plus free space kept for later adds. */
+  bytesMapped: number;
+  /** Whether the lists were opened read-only. */
+  readOnly: boolean;
+}
+
+/** Options of {@linkcode FaissIndex.mergeOnDisk}. */
+export interface MergeOnDiskOptions {
+  /** The trained, empty IVF index that every shard was cloned from (read, not changed). */
+  trained: FaissIndex;
+  /**
+   * The filled shards: open indexes, or paths of index files (read with `mmap`, so their lists
+   * are not loaded into memory, and closed again). Each must share `trained`'s training (same
+   * coarse centroids and PQ codebooks), else the merge fails with `E_MISMATCH`.
+   */
+  shards: readonly (FaissIndex | string)[];
+  /**
+   * Path of the inverted-lists file to create (replaced if present). The merged index records
+   * its absolute path; `read` looks for a file of that name beside the index file.
+   */
+  ivfdata: string;
+  /** Aborting stops the copy and rejects with `E_INTERRUPTED` (the file is removed). */
+  signal?: AbortSignal;
+}
+
+// knnlm_index_read flags.
+const READ_MMAP = 1;
+const READ_READ_ONLY = 2;
+// Shim statuses (see _shim_source.ts).
+const ST_CORRUPT = 2;
+const ST_INTERRUPTED = 3;
+const ST_MISMATCH = 4;
+const ST_ERRNO = 1000;
 
 // faiss::MetricType values.
 const METRIC_CODE: Record<Metric, number> = { ip: 0, l2: 1 };
@@ -68,10 +143,14 @@ const ERR_LEN = 4096;
 const ERR_CAP = BigInt(ERR_LEN);
 const MAX_I32 = 0x7fffffff;
 
-// Vectors resolved to what the native call takes.
-type Resolved =
-  | { kind: "buffer"; data: Float32Array | Uint16Array; n: number; dtype: number }
-  | { kind: "pointer"; pointer: Deno.PointerObject; n: number; dtype: number };
+// Vectors resolved to what every native call takes: an address, a row count and a dtype code;
+// keep holds the typed array (if any) so it outlives a nonblocking call.
+interface Resolved {
+  ptr: Deno.PointerObject;
+  n: number;
+  dtype: number;
+  keep: unknown;
+}
 
 type Handle = { lib: FaissLibrary; ptr: Deno.PointerObject };
 
@@ -83,37 +162,84 @@ function errBuf(): Uint8Array<ArrayBuffer> {
   return new Uint8Array(ERR_LEN);
 }
 
-function errText(buf: Uint8Array): string {
-  const end = buf.indexOf(0);
-  return new TextDecoder().decode(buf.subarray(0, end < 0 ? buf.length : end));
+// A NUL-terminated string at `start` in buf, and where the next one starts.
+function cStringAt(buf: Uint8Array, start: number): [string, number] {
+  let end = buf.indexOf(0, start);
+  if (end < 0) end = buf.length;
+  return [new TextDecoder().decode(buf.subarray(start, end)), end + 1];
 }
 
-function check(status: number, err: Uint8Array, what: string): void {
-  if (status !== 0) {
-    throw new Error(`${what}: ${errText(err) || `failed with status ${status}`}`);
+function usage(message: string): KnnError {
+  return new KnnError("E_USAGE", message);
+}
+
+function badArgument(message: string): KnnError {
+  return new KnnError("E_CONFIG", message);
+}
+
+// The error for a failed shim call: err holds `path NUL message NUL` (see _shim_source.ts).
+function statusError(status: number, err: Uint8Array, what: string, path?: string): KnnError {
+  const [errPath, next] = cStringAt(err, 0);
+  const [text] = cStringAt(err, next);
+  const file = errPath || path;
+  const message = text || `failed with status ${status}`;
+  if (status >= ST_ERRNO) {
+    const e = new ErrnoError("", status - ST_ERRNO, file);
+    e.message = `${message} (${e.errnoName})`;
+    return e;
   }
+  const opts = file === undefined ? {} : { path: file };
+  if (status === ST_CORRUPT) return new KnnError("E_CORRUPT", message, opts);
+  if (status === ST_MISMATCH) return new KnnError("E_MISMATCH", `${what}: ${message}`, opts);
+  if (status === ST_INTERRUPTED) return new KnnError("E_INTERRUPTED", `${what}: interrupted`);
+  return new KnnError("E_NATIVE", `${what}: ${message}`, opts);
 }
 
-function cString(s: string, what: string): Uint8Array<ArrayBuffer> {
-  if (s.includes("\0")) throw new Error(`${what} must not contain NUL characters`);
-  return new TextEncoder().encode(s + "\0");
+function check(status: number, err: Uint8Array, what: string, path?: string): void {
+  if (status !== 0) throw statusError(status, err, what, path);
+}
+
+// Why a signalled call stopped: the signal's reason when it is a KnnError (the CLI aborts with
+// E_INTERRUPTED naming SIGINT/SIGTERM), else a fresh E_INTERRUPTED.
+function interruption(signal: AbortSignal | undefined, what: string): KnnError {
+  const reason = signal?.reason;
+  if (reason instanceof KnnError) return reason;
+  return new KnnError("E_INTERRUPTED", `${what}: interrupted`, { cause: reason });
+}
+
+// An int32 the shim polls; set when signal aborts. ptr is null without a signal.
+class CancelFlag implements Disposable {
+  readonly flag = new Int32Array(1);
+  readonly ptr: Deno.PointerValue;
+  #signal?: AbortSignal;
+  #onAbort = () => Atomics.store(this.flag, 0, 1);
+
+  constructor(signal?: AbortSignal) {
+    this.#signal = signal;
+    this.ptr = signal ? Deno.UnsafePointer.of(this.flag) : null;
+    signal?.addEventListener("abort", this.#onAbort, { once: true });
+  }
+
+  [Symbol.dispose](): void {
+    this.#signal?.removeEventListener("abort", this.#onAbort);
+  }
 }
 
 function outPointer(out: BigUint64Array, what: string): Deno.PointerObject {
   const p = Deno.UnsafePointer.create(out[0]);
-  if (p === null) throw new Error(`${what}: FAISS returned no index`);
+  if (p === null) throw new KnnError("E_NATIVE", `${what}: FAISS returned no index`);
   return p;
 }
 
 function positiveInt(v: number, name: string, max = Number.MAX_SAFE_INTEGER): void {
   if (!Number.isInteger(v) || v <= 0 || v > max) {
-    throw new Error(`${name} must be an integer in 1..${max}, got ${v}`);
+    throw badArgument(`${name} must be an integer in 1..${max}, got ${v}`);
   }
 }
 
 function metricCode(metric: Metric): number {
   const code = METRIC_CODE[metric];
-  if (code === undefined) throw new Error(`metric must be "l2" or "ip", got ${String(metric)}`);
+  if (code === undefined) throw badArgument(`metric must be "l2" or "ip", got ${String(metric)}`);
   return code;
 }
 
@@ -170,14 +296,16 @@ export async function exactL2Async(
   positiveInt(base.d, "exactL2: d", MAX_I32);
   positiveInt(k, "exactL2: k");
   if (queries.length % base.d !== 0) {
-    throw new Error(`exactL2: queries length ${queries.length} is not a multiple of d = ${base.d}`);
+    throw badArgument(
+      `exactL2: queries length ${queries.length} is not a multiple of d = ${base.d}`,
+    );
   }
   const nq = queries.length / base.d;
   if (labels.length !== nq * k) {
-    throw new Error(`exactL2: expected ${nq}×${k} = ${nq * k} labels, got ${labels.length}`);
+    throw badArgument(`exactL2: expected ${nq}×${k} = ${nq * k} labels, got ${labels.length}`);
   }
   const dtype = DTYPE_CODE[base.dtype];
-  if (dtype === undefined) throw new Error(`exactL2: dtype must be float32 or float16`);
+  if (dtype === undefined) throw badArgument(`exactL2: dtype must be float32 or float16`);
   const out = new Float32Array(nq * k);
   if (nq === 0) return out;
   const err = errBuf();
@@ -204,10 +332,15 @@ export async function exactL2Async(
 }
 
 /**
- * A FAISS index. Create it with `factory`, `ivfpq` or `read`; release it with `close()` or
- * `using`. After `close()` every method throws. An async call keeps the index busy until its
- * promise settles: closing, or starting a call that modifies the index, throws meanwhile
- * (concurrent searches are allowed).
+ * A FAISS index. Create it with `factory`, `ivfpq`, `read` or `mergeOnDisk`; release it with
+ * `close()` or `using`. After `close()` every method throws. An async call keeps the index busy
+ * until its promise settles: closing, or starting a call that modifies the index, throws
+ * meanwhile (concurrent searches are allowed).
+ *
+ * Errors are {@linkcode KnnError}s: `E_NATIVE` with FAISS's own message; `E_NOT_FOUND`,
+ * `E_PERMISSION`, `E_NO_SPACE` (or `E_IO`) naming the file for an OS error on a file;
+ * `E_CORRUPT` for a damaged or truncated index or `faiss.ivfdata`; `E_INTERRUPTED` for an
+ * aborted call; `E_CONFIG` for bad arguments and `E_USAGE` for a closed or busy index.
  */
 export class FaissIndex {
   #lib: FaissLibrary;
@@ -227,17 +360,20 @@ export class FaissIndex {
 
   /**
    * Creates an index from a FAISS factory string, e.g. `"Flat"`, `"IVF256,PQ32"`,
-   * `"IDMap,Flat"`. Metric defaults to `"l2"`. Throws FAISS's message for a bad string.
+   * `"IDMap,Flat"`. Metric defaults to `"l2"`. A bad string is `E_NATIVE` with FAISS's message.
    */
   static factory(d: number, description: string, metric: Metric = "l2"): FaissIndex {
     positiveInt(d, "FaissIndex.factory: d", MAX_I32);
     const code = metricCode(metric);
+    if (description.includes("\0")) {
+      throw badArgument(`FaissIndex.factory: the factory string contains a NUL character`);
+    }
     const { lib } = openFaissLibrary();
     const out = new BigUint64Array(1);
     const err = errBuf();
     const what = `faiss index_factory(${d}, ${JSON.stringify(description)})`;
     check(
-      lib.symbols.knnlm_index_factory(d, cString(description, what), code, out, err, ERR_CAP),
+      lib.symbols.knnlm_index_factory(d, cPath(description), code, out, err, ERR_CAP),
       err,
       what,
     );
@@ -254,7 +390,7 @@ export class FaissIndex {
     positiveInt(nlist, "FaissIndex.ivfpq: nlist");
     positiveInt(m, "FaissIndex.ivfpq: m", MAX_I32);
     positiveInt(nbits, "FaissIndex.ivfpq: nbits", 24);
-    if (d % m !== 0) throw new Error(`FaissIndex.ivfpq: m (${m}) must divide d (${d})`);
+    if (d % m !== 0) throw badArgument(`FaissIndex.ivfpq: m (${m}) must divide d (${d})`);
     const code = metricCode(metric);
     const { lib } = openFaissLibrary();
     const out = new BigUint64Array(1);
@@ -268,16 +404,80 @@ export class FaissIndex {
     return new FaissIndex(lib, outPointer(out, what));
   }
 
-  /** Reads an index written by `write` or by `faiss.write_index` (Python or C++). */
+  /**
+   * Reads an index written by `write` or by `faiss.write_index` (Python or C++). On-disk
+   * inverted lists are looked up beside the index file under the file name the index records
+   * (so a datastore can move), and checked before they are mapped: a `faiss.ivfdata` shorter
+   * than its lists is `E_CORRUPT` naming the file, the bytes needed and the bytes found.
+   */
   static read(path: string, opts: ReadOptions = {}): FaissIndex {
     const { lib } = openFaissLibrary();
-    // On-disk inverted lists are looked up beside the index file, so a datastore can move.
-    const flags = opts.mmap ? IO_FLAG_MMAP : IO_FLAG_ONDISK_SAME_DIR;
+    const flags = (opts.mmap ? READ_MMAP : 0) | (opts.readOnly ? READ_READ_ONLY : 0);
     const out = new BigUint64Array(1);
     const err = errBuf();
     const what = `${path}: faiss read_index`;
-    check(lib.symbols.knnlm_index_read(cString(path, what), flags, out, err, ERR_CAP), err, what);
+    check(lib.symbols.knnlm_index_read(cPath(path), flags, out, err, ERR_CAP), err, what, path);
     return new FaissIndex(lib, outPointer(out, what));
+  }
+
+  /**
+   * Builds one index from the inverted lists of several IVF indexes that were filled from clones
+   * of `trained` (FAISS's `contrib/ondisk.merge_ondisk` recipe): a copy of `trained` whose lists
+   * live in a new `ivfdata` file, each list sized exactly (no free space), holding every shard's
+   * entries in shard order. `ntotal` is the sum of the shards'. The file's blocks are reserved
+   * before writing, so a full disk is `E_NO_SPACE`, not a crash. Close the result when done.
+   */
+  static async mergeOnDisk(opts: MergeOnDiskOptions): Promise<FaissIndex> {
+    const { trained } = opts;
+    if (!(trained instanceof FaissIndex)) {
+      throw badArgument("mergeOnDisk: trained must be a FaissIndex");
+    }
+    if (opts.shards.length === 0) throw badArgument("mergeOnDisk: no shards to merge");
+    if (opts.signal?.aborted) throw interruption(opts.signal, "mergeOnDisk");
+    const ivfdata = resolve(opts.ivfdata);
+    const cpath = cPath(ivfdata);
+    const opened: FaissIndex[] = [];
+    const entered: FaissIndex[] = [];
+    try {
+      const shards = opts.shards.map((s) => {
+        if (s instanceof FaissIndex) return s;
+        const ix = FaissIndex.read(s, { mmap: true });
+        opened.push(ix);
+        return ix;
+      });
+      for (const ix of [trained, ...shards]) {
+        if (entered.includes(ix)) continue;
+        ix.#enter("mergeOnDisk", "read");
+        entered.push(ix);
+      }
+      const handles = new BigUint64Array(
+        shards.map((s) => BigInt(Deno.UnsafePointer.value(s.#ptr))),
+      );
+      const out = new BigUint64Array(1);
+      const err = errBuf();
+      using cancel = new CancelFlag(opts.signal);
+      const lib = trained.#lib;
+      const status = await pinned(
+        [handles, cpath, out, err, cancel],
+        () =>
+          lib.symbols.knnlm_index_merge_ondisk_async(
+            trained.#ptr,
+            handles,
+            shards.length,
+            cpath,
+            cancel.ptr,
+            out,
+            err,
+            ERR_CAP,
+          ),
+      );
+      if (status === ST_INTERRUPTED) throw interruption(opts.signal, "mergeOnDisk");
+      check(status, err, `${ivfdata}: merge of ${shards.length} shards`, ivfdata);
+      return new FaissIndex(lib, outPointer(out, "mergeOnDisk"));
+    } finally {
+      for (const ix of entered) ix.#leave("mergeOnDisk", "read");
+      for (const ix of opened) ix.close();
+    }
   }
 
   /** Vector dimension. */
@@ -314,7 +514,38 @@ export class FaissIndex {
         err,
         "faiss index type",
       );
-      return errText(buf);
+      return cStringAt(buf, 0)[0];
+    });
+  }
+
+  /**
+   * The on-disk inverted lists of an IVF index (`useOnDiskLists`, or read from a file that has
+   * them), or null when its lists are in memory or it has none.
+   */
+  get onDiskLists(): OnDiskLists | null {
+    return this.#sync("onDiskLists", "read", () => {
+      const out = new BigInt64Array(4);
+      const path = new Uint8Array(4096);
+      const err = errBuf();
+      check(
+        this.#lib.symbols.knnlm_index_ondisk_info(
+          this.#ptr,
+          out,
+          path,
+          BigInt(path.length),
+          err,
+          ERR_CAP,
+        ),
+        err,
+        "faiss on-disk lists",
+      );
+      if (out[0] === 0n) return null;
+      return {
+        path: cStringAt(path, 0)[0],
+        bytesUsed: Number(out[1]),
+        bytesMapped: Number(out[2]),
+        readOnly: out[3] === 1n,
+      };
     });
   }
 
@@ -347,58 +578,69 @@ export class FaissIndex {
     });
   }
 
-  /** Trains on the first `n` rows of `x` (default: all of them). */
-  train(x: Vectors, n?: number): void {
-    const v = this.#resolve(x, "train", n);
-    this.#sync("train", "write", () => {
+  /** Trains on the rows of `x` (or the first `opts.n`). */
+  train(x: Vectors, opts: Omit<TrainOptions, "signal"> = {}): TrainResult {
+    const v = this.#resolve(x, "train", opts.n);
+    return this.#sync("train", "write", () => {
+      const warnings = new Uint8Array(4096);
       const err = errBuf();
       const s = this.#lib.symbols;
-      const status = v.kind === "buffer"
-        ? s.knnlm_index_train(this.#ptr, BigInt(v.n), v.data, v.dtype, err, ERR_CAP)
-        : s.knnlm_index_train_ptr(this.#ptr, BigInt(v.n), v.pointer, v.dtype, err, ERR_CAP);
+      const status = s.knnlm_index_train(
+        this.#ptr,
+        BigInt(v.n),
+        v.ptr,
+        v.dtype,
+        null,
+        warnings,
+        BigInt(warnings.length),
+        err,
+        ERR_CAP,
+      );
       check(status, err, "faiss train");
+      return trainResult(warnings);
     });
   }
 
   /** `train` on a worker thread; `x` must stay unchanged until the promise settles. */
-  trainAsync(x: Vectors, n?: number): Promise<void> {
+  trainAsync(x: Vectors, opts: TrainOptions = {}): Promise<TrainResult> {
     return this.#async("trainAsync", "write", async () => {
-      const v = this.#resolve(x, "trainAsync", n);
+      const v = this.#resolve(x, "trainAsync", opts.n);
+      if (opts.signal?.aborted) throw interruption(opts.signal, "faiss train");
+      const warnings = new Uint8Array(4096);
       const err = errBuf();
-      const s = this.#lib.symbols;
+      using cancel = new CancelFlag(opts.signal);
       const status = await pinned(
-        [v, err],
+        [v.keep, warnings, err, cancel],
         () =>
-          v.kind === "buffer"
-            ? s.knnlm_index_train_async(this.#ptr, BigInt(v.n), v.data, v.dtype, err, ERR_CAP)
-            : s.knnlm_index_train_ptr_async(
-              this.#ptr,
-              BigInt(v.n),
-              v.pointer,
-              v.dtype,
-              err,
-              ERR_CAP,
-            ),
+          this.#lib.symbols.knnlm_index_train_async(
+            this.#ptr,
+            BigInt(v.n),
+            v.ptr,
+            v.dtype,
+            cancel.ptr,
+            warnings,
+            BigInt(warnings.length),
+            err,
+            ERR_CAP,
+          ),
       );
+      if (status === ST_INTERRUPTED) throw interruption(opts.signal, "faiss train");
       check(status, err, "faiss train");
+      return trainResult(warnings);
     });
   }
 
   /** Adds rows with sequential ids `ntotal, ntotal + 1, ...`. The index must be trained. */
   add(x: Vectors): void {
     const v = this.#resolve(x, "add");
-    this.#sync("add", "write", () => {
-      this.#checkTrained("add");
-      this.#addSync(v, null);
-    });
+    this.#sync("add", "write", () => this.#addSync(v, null, "add"));
   }
 
   /** `add` on a worker thread; `x` must stay unchanged until the promise settles. */
-  addAsync(x: Vectors): Promise<void> {
-    return this.#async("addAsync", "write", async () => {
+  addAsync(x: Vectors, opts: AddVectorsOptions = {}): Promise<void> {
+    return this.#async("addAsync", "write", () => {
       const v = this.#resolve(x, "addAsync");
-      this.#checkTrained("addAsync");
-      await this.#addAsync(v, null);
+      return this.#addAsync(v, null, "addAsync", opts.signal);
     });
   }
 
@@ -406,35 +648,35 @@ export class FaissIndex {
   addWithIds(x: Vectors, ids: BigInt64Array): void {
     const v = this.#resolve(x, "addWithIds");
     checkIds(ids, v.n, "addWithIds");
-    this.#sync("addWithIds", "write", () => {
-      this.#checkTrained("addWithIds");
-      this.#addSync(v, ids);
-    });
+    this.#sync("addWithIds", "write", () => this.#addSync(v, ids, "addWithIds"));
   }
 
   /** `addWithIds` on a worker thread; `x` and `ids` must stay unchanged until it settles. */
-  addWithIdsAsync(x: Vectors, ids: BigInt64Array): Promise<void> {
-    return this.#async("addWithIdsAsync", "write", async () => {
+  addWithIdsAsync(x: Vectors, ids: BigInt64Array, opts: AddVectorsOptions = {}): Promise<void> {
+    return this.#async("addWithIdsAsync", "write", () => {
       const v = this.#resolve(x, "addWithIdsAsync");
       checkIds(ids, v.n, "addWithIdsAsync");
-      this.#checkTrained("addWithIdsAsync");
-      await this.#addAsync(v, ids);
+      return this.#addAsync(v, ids, "addWithIdsAsync", opts.signal);
     });
   }
 
   /**
-   * Keeps this (empty, IVF) index's inverted lists in a memory-mapped file at `path` instead of
-   * anonymous memory, so adding millions of keys does not grow the process's own memory.
-   * `write` records the file's name; `read` finds it in the index file's directory.
+   * Keeps this (empty, IVF) index's inverted lists in a memory-mapped file at `path` (made
+   * absolute) instead of anonymous memory, so adding millions of keys does not grow the
+   * process's own memory. The file is created by the first add and grown with reserved blocks
+   * (a full disk is `E_NO_SPACE` naming it). `write` records the file's name; `read` finds it in
+   * the index file's directory.
    */
   useOnDiskLists(path: string): void {
-    const cpath = cString(path, `${path}: useOnDiskLists`);
+    const file = resolve(path);
+    const cpath = cPath(file);
     this.#sync("useOnDiskLists", "write", () => {
       const err = errBuf();
       check(
         this.#lib.symbols.knnlm_index_use_ondisk(this.#ptr, cpath, err, ERR_CAP),
         err,
-        `${path}: on-disk inverted lists`,
+        `${file}: on-disk inverted lists`,
+        file,
       );
     });
   }
@@ -446,30 +688,17 @@ export class FaissIndex {
     return this.#sync("search", "read", () => {
       const r = allocResult(v.n, k);
       const err = errBuf();
-      const s = this.#lib.symbols;
-      const status = v.kind === "buffer"
-        ? s.knnlm_index_search(
-          this.#ptr,
-          BigInt(v.n),
-          v.data,
-          v.dtype,
-          BigInt(k),
-          r.distances,
-          r.labels,
-          err,
-          ERR_CAP,
-        )
-        : s.knnlm_index_search_ptr(
-          this.#ptr,
-          BigInt(v.n),
-          v.pointer,
-          v.dtype,
-          BigInt(k),
-          r.distances,
-          r.labels,
-          err,
-          ERR_CAP,
-        );
+      const status = this.#lib.symbols.knnlm_index_search(
+        this.#ptr,
+        BigInt(v.n),
+        v.ptr,
+        v.dtype,
+        BigInt(k),
+        r.distances,
+        r.labels,
+        err,
+        ERR_CAP,
+      );
       check(status, err, "faiss search");
       return r;
     });
@@ -482,33 +711,20 @@ export class FaissIndex {
       positiveInt(k, "searchAsync: k");
       const r = allocResult(v.n, k);
       const err = errBuf();
-      const s = this.#lib.symbols;
       const status = await pinned(
-        [v, r, err],
+        [v.keep, r, err],
         () =>
-          v.kind === "buffer"
-            ? s.knnlm_index_search_async(
-              this.#ptr,
-              BigInt(v.n),
-              v.data,
-              v.dtype,
-              BigInt(k),
-              r.distances,
-              r.labels,
-              err,
-              ERR_CAP,
-            )
-            : s.knnlm_index_search_ptr_async(
-              this.#ptr,
-              BigInt(v.n),
-              v.pointer,
-              v.dtype,
-              BigInt(k),
-              r.distances,
-              r.labels,
-              err,
-              ERR_CAP,
-            ),
+          this.#lib.symbols.knnlm_index_search_async(
+            this.#ptr,
+            BigInt(v.n),
+            v.ptr,
+            v.dtype,
+            BigInt(k),
+            r.distances,
+            r.labels,
+            err,
+            ERR_CAP,
+          ),
       );
       check(status, err, "faiss search");
       return r;
@@ -516,12 +732,13 @@ export class FaissIndex {
   }
 
   /**
-   * Writes the index as a plain `faiss.write_index` file: to `path.tmp`, then renamed to
-   * `path`, so a crash never leaves a partial file under the final name.
+   * Writes the index as a plain `faiss.write_index` file: to `path.tmp` (synced to disk), then
+   * renamed to `path`, so a crash never leaves a partial file under the final name. Mapped
+   * on-disk lists are flushed to disk first.
    */
   write(path: string): void {
     const tmp = `${path}.tmp`;
-    const cpath = cString(tmp, `${path}: write`);
+    const cpath = cPath(tmp);
     this.#sync("write", "read", () => {
       const err = errBuf();
       const status = this.#lib.symbols.knnlm_index_write(this.#ptr, cpath, err, ERR_CAP);
@@ -533,7 +750,7 @@ export class FaissIndex {
   writeAsync(path: string): Promise<void> {
     return this.#async("writeAsync", "read", async () => {
       const tmp = `${path}.tmp`;
-      const cpath = cString(tmp, `${path}: write`);
+      const cpath = cPath(tmp);
       const err = errBuf();
       const status = await pinned(
         [cpath, err],
@@ -561,7 +778,7 @@ export class FaissIndex {
     if (this.#ptr === null) return;
     const busy = this.#busyWith();
     if (busy) {
-      throw new Error(`FaissIndex: cannot close while ${busy} is in progress; await it first`);
+      throw usage(`FaissIndex: cannot close while ${busy} is in progress; await it first`);
     }
     leaked.unregister(this.#handle);
     this.#lib.symbols.knnlm_index_free(this.#ptr);
@@ -581,7 +798,7 @@ export class FaissIndex {
   }
 
   #live(op: string): void {
-    if (this.#ptr === null) throw new Error(`FaissIndex.${op}: index is closed`);
+    if (this.#ptr === null) throw usage(`FaissIndex.${op}: index is closed`);
   }
 
   #busyWith(): string | null {
@@ -596,7 +813,7 @@ export class FaissIndex {
     this.#live(op);
     const busy = this.#busyWith();
     if (busy && (mode === "write" || this.#writer)) {
-      throw new Error(`FaissIndex.${op}: ${busy} is in progress on this index; await it first`);
+      throw usage(`FaissIndex.${op}: ${busy} is in progress on this index; await it first`);
     }
     if (mode === "write") {
       this.#writer = op;
@@ -641,104 +858,146 @@ export class FaissIndex {
 
   #checkTrained(op: string): void {
     if (this.#stats()[2] !== 1n) {
-      throw new Error(`FaissIndex.${op}: index is not trained; call train() first`);
+      throw usage(`FaissIndex.${op}: index is not trained; call train() first`);
     }
   }
 
-  #addSync(v: Resolved, ids: BigInt64Array | null): void {
+  #addSync(v: Resolved, ids: BigInt64Array | null, op: string): void {
+    this.#checkTrained(op);
     const err = errBuf();
-    const s = this.#lib.symbols;
-    const status = v.kind === "buffer"
-      ? s.knnlm_index_add(this.#ptr, BigInt(v.n), v.data, v.dtype, ids, err, ERR_CAP)
-      : s.knnlm_index_add_ptr(this.#ptr, BigInt(v.n), v.pointer, v.dtype, ids, err, ERR_CAP);
-    check(status, err, ids ? "faiss add_with_ids" : "faiss add");
-  }
-
-  async #addAsync(v: Resolved, ids: BigInt64Array | null): Promise<void> {
-    const err = errBuf();
-    const s = this.#lib.symbols;
-    const status = await pinned(
-      [v, ids, err],
-      () =>
-        v.kind === "buffer"
-          ? s.knnlm_index_add_async(this.#ptr, BigInt(v.n), v.data, v.dtype, ids, err, ERR_CAP)
-          : s.knnlm_index_add_ptr_async(
-            this.#ptr,
-            BigInt(v.n),
-            v.pointer,
-            v.dtype,
-            ids,
-            err,
-            ERR_CAP,
-          ),
+    const status = this.#lib.symbols.knnlm_index_add(
+      this.#ptr,
+      BigInt(v.n),
+      v.ptr,
+      v.dtype,
+      ids,
+      null,
+      err,
+      ERR_CAP,
     );
-    check(status, err, ids ? "faiss add_with_ids" : "faiss add");
+    check(status, err, ids ? "faiss add_with_ids" : "faiss add", this.#listsPath());
   }
 
-  // Checks shape and type before any native call; n limits the rows used (train only).
+  async #addAsync(
+    v: Resolved,
+    ids: BigInt64Array | null,
+    op: string,
+    signal?: AbortSignal,
+  ): Promise<void> {
+    this.#checkTrained(op);
+    const what = ids ? "faiss add_with_ids" : "faiss add";
+    if (signal?.aborted) throw interruption(signal, what);
+    const err = errBuf();
+    using cancel = new CancelFlag(signal);
+    const status = await pinned(
+      [v.keep, ids, err, cancel],
+      () =>
+        this.#lib.symbols.knnlm_index_add_async(
+          this.#ptr,
+          BigInt(v.n),
+          v.ptr,
+          v.dtype,
+          ids,
+          cancel.ptr,
+          err,
+          ERR_CAP,
+        ),
+    );
+    if (status === ST_INTERRUPTED) throw interruption(signal, what);
+    check(status, err, what, this.#listsPath());
+  }
+
+  // The lists file an add may fail on, for errors that do not name one.
+  #listsPath(): string | undefined {
+    const out = new BigInt64Array(4);
+    const path = new Uint8Array(4096);
+    const err = errBuf();
+    const s = this.#lib.symbols;
+    if (s.knnlm_index_ondisk_info(this.#ptr, out, path, BigInt(path.length), err, ERR_CAP) !== 0) {
+      return undefined;
+    }
+    return out[0] === 1n ? cStringAt(path, 0)[0] : undefined;
+  }
+
+  // The one place where every vector argument becomes (address, rows, dtype): shapes and types
+  // are checked before any native call; limit caps the rows used (train's n).
   #resolve(x: Vectors, op: string, limit?: number): Resolved {
     this.#live(op);
     const d = this.#d;
-    let r: Resolved;
+    let data: Float32Array | Uint16Array;
+    let dtype: number;
     if (x instanceof Float32Array) {
-      r = { kind: "buffer", data: x, n: rowsOf(x.length, d, op), dtype: DTYPE_CODE.float32 };
+      data = x;
+      dtype = DTYPE_CODE.float32;
     } else if (x !== null && typeof x === "object" && "pointer" in x) {
-      const dtype = DTYPE_CODE[x.dtype];
-      if (dtype === undefined) {
-        throw new Error(`${op}: dtype must be "float32" or "float16", got ${String(x.dtype)}`);
+      const code = DTYPE_CODE[x.dtype];
+      if (code === undefined) {
+        throw badArgument(`${op}: dtype must be "float32" or "float16", got ${String(x.dtype)}`);
       }
       if (x.pointer === null || typeof x.pointer !== "object") {
-        throw new Error(`${op}: pointer must be a non-null Deno.PointerObject`);
+        throw badArgument(`${op}: pointer must be a non-null Deno.PointerObject`);
       }
       positiveInt(x.n, `${op}: n`);
-      if (x.n * d * (dtype === 0 ? 4 : 2) > Number.MAX_SAFE_INTEGER) {
-        throw new Error(`${op}: ${x.n} rows of ${d} values exceed the addressable size`);
+      if (x.n * d * (code === 0 ? 4 : 2) > Number.MAX_SAFE_INTEGER) {
+        throw badArgument(`${op}: ${x.n} rows of ${d} values exceed the addressable size`);
       }
-      r = { kind: "pointer", pointer: x.pointer, n: x.n, dtype };
+      return { ptr: x.pointer, n: limited(x.n, limit, op), dtype: code, keep: x };
     } else if (x !== null && typeof x === "object" && "data" in x) {
       if (x.dtype === "float16" && x.data instanceof Uint16Array) {
-        r = { kind: "buffer", data: x.data, n: rowsOf(x.data.length, d, op), dtype: 1 };
+        data = x.data;
+        dtype = DTYPE_CODE.float16;
       } else if (x.dtype === "float32" && x.data instanceof Float32Array) {
-        r = { kind: "buffer", data: x.data, n: rowsOf(x.data.length, d, op), dtype: 0 };
+        data = x.data;
+        dtype = DTYPE_CODE.float32;
       } else {
-        throw new Error(
+        throw badArgument(
           `${op}: expected { dtype: "float16", data: Uint16Array } or ` +
             `{ dtype: "float32", data: Float32Array }`,
         );
       }
     } else {
-      throw new Error(
+      throw badArgument(
         `${op}: vectors must be a Float32Array, { dtype: "float16", data: Uint16Array } or ` +
           `{ pointer, n, dtype }`,
       );
     }
-    if (limit !== undefined) {
-      positiveInt(limit, `${op}: n`);
-      if (limit > r.n) throw new Error(`${op}: n = ${limit} but only ${r.n} rows were given`);
-      r.n = limit;
-    }
-    return r;
+    const n = rowsOf(data.length, d, op);
+    const ptr = Deno.UnsafePointer.of(data);
+    if (ptr === null) throw badArgument(`${op}: no vectors (empty array)`);
+    return { ptr, n: limited(n, limit, op), dtype, keep: data };
   }
 }
 
+function limited(n: number, limit: number | undefined, op: string): number {
+  if (limit === undefined) return n;
+  positiveInt(limit, `${op}: n`);
+  if (limit > n) throw badArgument(`${op}: n = ${limit} but only ${n} rows were given`);
+  return limit;
+}
+
+function trainResult(warnings: Uint8Array): TrainResult {
+  const text = cStringAt(warnings, 0)[0];
+  return { warnings: text === "" ? [] : text.split("\n") };
+}
+
 function rowsOf(length: number, d: number, op: string): number {
-  if (length === 0) throw new Error(`${op}: no vectors (empty array)`);
+  if (length === 0) throw badArgument(`${op}: no vectors (empty array)`);
   if (length % d !== 0) {
-    throw new Error(`${op}: array length ${length} is not a multiple of d = ${d}`);
+    throw badArgument(`${op}: array length ${length} is not a multiple of d = ${d}`);
   }
   return length / d;
 }
 
 function checkIds(ids: BigInt64Array, n: number, op: string): void {
-  if (!(ids instanceof BigInt64Array)) throw new Error(`${op}: ids must be a BigInt64Array`);
+  if (!(ids instanceof BigInt64Array)) throw badArgument(`${op}: ids must be a BigInt64Array`);
   if (ids.length !== n) {
-    throw new Error(`${op}: ${ids.length} ids for ${n} vectors (need one id per row)`);
+    throw badArgument(`${op}: ${ids.length} ids for ${n} vectors (need one id per row)`);
   }
 }
 
 function allocResult(n: number, k: number): SearchResult {
   const size = n * k;
-  if (size > 2 ** 32) throw new Error(`search: ${n} queries × k = ${k} results is too many`);
+  if (size > 2 ** 32) throw badArgument(`search: ${n} queries × k = ${k} results is too many`);
   return { distances: new Float32Array(size), labels: new BigInt64Array(size) };
 }
 
@@ -747,9 +1006,13 @@ function finishWrite(status: number, err: Uint8Array, tmp: string, path: string)
     try {
       Deno.removeSync(tmp);
     } catch { /* FAISS may not have created it */ }
-    check(status, err, `${path}: faiss write_index`);
+    throw statusError(status, err, `${path}: faiss write_index`, tmp);
   }
-  Deno.renameSync(tmp, path);
+  try {
+    Deno.renameSync(tmp, path);
+  } catch (e) {
+    throw fsError(e, path, `rename ${tmp} into place`);
+  }
 }
 
 // Buffers handed to nonblocking calls: the worker thread has only their raw addresses, so they

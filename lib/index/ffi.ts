@@ -8,12 +8,49 @@
  * @module
  */
 
+import { KnnError } from "../core/errors.ts";
 import { SHIM_ABI_VERSION } from "./_shim_source.ts";
 import { buildShim, findCachedShim, findToolchain, LIB_ENV } from "./build.ts";
 
-// Every fallible call ends in (char* err, size_t errlen) and returns int status (0 = ok).
-// Typed arrays go through "buffer" parameters; rows inside memory-mapped files through the
-// "pointer" aliases of the same C symbols. `_async` aliases run on a Deno worker thread.
+// Every fallible call ends in (char* err, size_t errlen) and returns an int status (see
+// _shim_source.ts). Vector data and index handles are "pointer" parameters (the binding takes
+// Deno.UnsafePointer.of(typed array) or a mapped file's address), so one symbol serves both;
+// small fixed buffers (err, outputs, ids, strings) are "buffer". Calls that can run long have a
+// nonblocking twin, `<name>_async`, on a Deno worker thread.
+const TRAIN = {
+  parameters: ["pointer", "i64", "pointer", "i32", "pointer", "buffer", "usize", "buffer", "usize"],
+  result: "i32",
+} as const;
+const ADD = {
+  parameters: ["pointer", "i64", "pointer", "i32", "buffer", "pointer", "buffer", "usize"],
+  result: "i32",
+} as const;
+const SEARCH = {
+  parameters: ["pointer", "i64", "pointer", "i32", "i64", "buffer", "buffer", "buffer", "usize"],
+  result: "i32",
+} as const;
+const WRITE = { parameters: ["pointer", "buffer", "buffer", "usize"], result: "i32" } as const;
+const MERGE = {
+  parameters: ["pointer", "buffer", "i32", "buffer", "pointer", "buffer", "buffer", "usize"],
+  result: "i32",
+} as const;
+const L2_ROWS = {
+  parameters: [
+    "buffer",
+    "i64",
+    "i32",
+    "pointer",
+    "i32",
+    "i64",
+    "buffer",
+    "i64",
+    "buffer",
+    "buffer",
+    "usize",
+  ],
+  result: "i32",
+} as const;
+
 const symbols = {
   // int32_t knnlm_shim_abi(void)
   knnlm_shim_abi: { parameters: [], result: "i32" },
@@ -33,17 +70,11 @@ const symbols = {
     parameters: ["i32", "i64", "i32", "i32", "i32", "buffer", "buffer", "usize"],
     result: "i32",
   },
-  // int knnlm_index_read(const char* path, int32_t io_flags, void** out, char* err, size_t errlen)
+  // int knnlm_index_read(const char* path, int32_t flags, void** out, char* err, size_t errlen)
   knnlm_index_read: { parameters: ["buffer", "i32", "buffer", "buffer", "usize"], result: "i32" },
   // int knnlm_index_write(const void* index, const char* path, char* err, size_t errlen)
-  knnlm_index_write: { parameters: ["pointer", "buffer", "buffer", "usize"], result: "i32" },
-  // same C symbol, on a worker thread
-  knnlm_index_write_async: {
-    name: "knnlm_index_write",
-    parameters: ["pointer", "buffer", "buffer", "usize"],
-    result: "i32",
-    nonblocking: true,
-  },
+  knnlm_index_write: WRITE,
+  knnlm_index_write_async: { ...WRITE, name: "knnlm_index_write", nonblocking: true },
   // void knnlm_index_free(void* index)
   knnlm_index_free: { parameters: ["pointer"], result: "void" },
   // int knnlm_index_stats(const void* index, int64_t out[4], char* err, size_t errlen)
@@ -53,96 +84,30 @@ const symbols = {
     parameters: ["pointer", "buffer", "usize", "buffer", "usize"],
     result: "i32",
   },
-  // int knnlm_index_train(void* index, int64_t n, const void* x, int32_t dtype, char* err, size_t errlen)
-  knnlm_index_train: {
-    parameters: ["pointer", "i64", "buffer", "i32", "buffer", "usize"],
-    result: "i32",
-  },
-  knnlm_index_train_async: {
-    name: "knnlm_index_train",
-    parameters: ["pointer", "i64", "buffer", "i32", "buffer", "usize"],
-    result: "i32",
-    nonblocking: true,
-  },
-  knnlm_index_train_ptr: {
-    name: "knnlm_index_train",
-    parameters: ["pointer", "i64", "pointer", "i32", "buffer", "usize"],
-    result: "i32",
-  },
-  knnlm_index_train_ptr_async: {
-    name: "knnlm_index_train",
-    parameters: ["pointer", "i64", "pointer", "i32", "buffer", "usize"],
-    result: "i32",
-    nonblocking: true,
-  },
-  // int knnlm_index_add(void* index, int64_t n, const void* x, int32_t dtype, const int64_t* ids, char* err, size_t errlen)
-  knnlm_index_add: {
-    parameters: ["pointer", "i64", "buffer", "i32", "buffer", "buffer", "usize"],
-    result: "i32",
-  },
-  knnlm_index_add_async: {
-    name: "knnlm_index_add",
-    parameters: ["pointer", "i64", "buffer", "i32", "buffer", "buffer", "usize"],
-    result: "i32",
-    nonblocking: true,
-  },
-  knnlm_index_add_ptr: {
-    name: "knnlm_index_add",
-    parameters: ["pointer", "i64", "pointer", "i32", "buffer", "buffer", "usize"],
-    result: "i32",
-  },
-  knnlm_index_add_ptr_async: {
-    name: "knnlm_index_add",
-    parameters: ["pointer", "i64", "pointer", "i32", "buffer", "buffer", "usize"],
-    result: "i32",
-    nonblocking: true,
-  },
+  // int knnlm_index_train(void* index, int64_t n, const void* x, int32_t dtype, const int32_t* cancel, char* warnings, size_t warnlen, char* err, size_t errlen)
+  knnlm_index_train: TRAIN,
+  knnlm_index_train_async: { ...TRAIN, name: "knnlm_index_train", nonblocking: true },
+  // int knnlm_index_add(void* index, int64_t n, const void* x, int32_t dtype, const int64_t* ids, const int32_t* cancel, char* err, size_t errlen)
+  knnlm_index_add: ADD,
+  knnlm_index_add_async: { ...ADD, name: "knnlm_index_add", nonblocking: true },
   // int knnlm_index_search(const void* index, int64_t n, const void* x, int32_t dtype, int64_t k, float* distances, int64_t* labels, char* err, size_t errlen)
-  knnlm_index_search: {
-    parameters: ["pointer", "i64", "buffer", "i32", "i64", "buffer", "buffer", "buffer", "usize"],
-    result: "i32",
-  },
-  knnlm_index_search_async: {
-    name: "knnlm_index_search",
-    parameters: ["pointer", "i64", "buffer", "i32", "i64", "buffer", "buffer", "buffer", "usize"],
-    result: "i32",
-    nonblocking: true,
-  },
-  knnlm_index_search_ptr: {
-    name: "knnlm_index_search",
-    parameters: ["pointer", "i64", "pointer", "i32", "i64", "buffer", "buffer", "buffer", "usize"],
-    result: "i32",
-  },
-  knnlm_index_search_ptr_async: {
-    name: "knnlm_index_search",
-    parameters: ["pointer", "i64", "pointer", "i32", "i64", "buffer", "buffer", "buffer", "usize"],
-    result: "i32",
-    nonblocking: true,
-  },
+  knnlm_index_search: SEARCH,
+  knnlm_index_search_async: { ...SEARCH, name: "knnlm_index_search", nonblocking: true },
   // int knnlm_index_use_ondisk(void* index, const char* path, char* err, size_t errlen)
-  knnlm_index_use_ondisk: {
-    parameters: ["pointer", "buffer", "buffer", "usize"],
+  knnlm_index_use_ondisk: { parameters: ["pointer", "buffer", "buffer", "usize"], result: "i32" },
+  // int knnlm_index_ondisk_info(const void* index, int64_t out[4], char* path, size_t pathlen, char* err, size_t errlen)
+  knnlm_index_ondisk_info: {
+    parameters: ["pointer", "buffer", "buffer", "usize", "buffer", "usize"],
     result: "i32",
+  },
+  // int knnlm_index_merge_ondisk(const void* trained, const void* const* shards, int32_t n_shards, const char* path, const int32_t* cancel, void** out, char* err, size_t errlen)
+  knnlm_index_merge_ondisk_async: {
+    ...MERGE,
+    name: "knnlm_index_merge_ondisk",
+    nonblocking: true,
   },
   // int knnlm_l2_rows(const float* queries, int64_t nq, int32_t d, const void* base, int32_t dtype, int64_t nbase, const int64_t* labels, int64_t k, float* out, char* err, size_t errlen)
-  knnlm_l2_rows_async: {
-    name: "knnlm_l2_rows",
-    parameters: [
-      "buffer",
-      "i64",
-      "i32",
-      "pointer",
-      "i32",
-      "i64",
-      "buffer",
-      "i64",
-      "buffer",
-      "buffer",
-      "usize",
-    ],
-    result: "i32",
-    nonblocking: true,
-  },
+  knnlm_l2_rows_async: { ...L2_ROWS, name: "knnlm_l2_rows", nonblocking: true },
   // int knnlm_index_get_nprobe(const void* index, int64_t* out, char* err, size_t errlen)
   knnlm_index_get_nprobe: { parameters: ["pointer", "buffer", "buffer", "usize"], result: "i32" },
   // int knnlm_index_set_nprobe(void* index, int64_t nprobe, char* err, size_t errlen)
@@ -168,8 +133,10 @@ function openAt(path: string): FaissLibrary {
   const abi = lib.symbols.knnlm_shim_abi();
   if (abi !== SHIM_ABI_VERSION) {
     lib.close();
-    throw new Error(
+    throw new KnnError(
+      "E_SETUP",
       `${path}: shim ABI ${abi}, this binding needs ${SHIM_ABI_VERSION} (a stale build)`,
+      { path, hint: FIX_COMMAND },
     );
   }
   return lib;
@@ -178,6 +145,7 @@ function openAt(path: string): FaissLibrary {
 /**
  * Opens the shim once per process and returns it with the path it came from: `$KNNLM_FAISS_LIB`
  * when set (and nothing else), else the build cache, else a fresh compile into the cache.
+ * Failures are {@linkcode KnnError} `E_SETUP` listing every path tried.
  */
 export function openFaissLibrary(): { lib: FaissLibrary; path: string } {
   if (opened) return opened;
@@ -189,10 +157,11 @@ export function openFaissLibrary(): { lib: FaissLibrary; path: string } {
       opened = { lib: openAt(explicit), path: explicit };
       return opened;
     } catch (e) {
-      throw new Error(
+      throw new KnnError(
+        "E_SETUP",
         `cannot load the FAISS shim from ${LIB_ENV}=${explicit}: ${message(e)}\n` +
           `  unset ${LIB_ENV} to use the build cache, or run: ${FIX_COMMAND}`,
-        { cause: e },
+        { cause: e, path: explicit, hint: FIX_COMMAND },
       );
     }
   }
@@ -226,12 +195,13 @@ export function openFaissLibrary(): { lib: FaissLibrary; path: string } {
       }`,
     );
   }
-  throw new Error(
+  throw new KnnError(
+    "E_SETUP",
     `cannot load the FAISS shim (libknnlm_faiss.so). Tried:\n` +
       tried.map((t) => `  - ${t}`).join("\n") +
       `\nFix: run \`${FIX_COMMAND}\` (installs libfaiss-dev libopenblas-dev g++ and compiles ` +
       `the shim), or set ${LIB_ENV} to a built library.`,
-    { cause: lastError },
+    { cause: lastError, hint: FIX_COMMAND },
   );
 }
 

@@ -22,19 +22,22 @@
  */
 
 export {
+  type AddVectorsOptions,
   type BaseRows,
   exactL2Async,
   FaissIndex,
   faissLibraryPath,
   faissVersion,
   getNumThreads,
-  IO_FLAG_MMAP,
-  IO_FLAG_ONDISK_SAME_DIR,
   type IvfPqOptions,
+  type MergeOnDiskOptions,
   type Metric,
+  type OnDiskLists,
   type ReadOptions,
   type SearchResult,
   setNumThreads,
+  type TrainOptions,
+  type TrainResult,
   type VectorDType,
   type Vectors,
 } from "./faiss_index.ts";

@@ -1,5 +1,8 @@
 /**
- * The only importer of onnxruntime-node.
+ * The only importer of onnxruntime-node. The specifier is fully qualified and pinned (no import
+ * map), so the toolkit also works when a script imports it by URL: Deno applies no `deno.json`
+ * to remote modules. {@linkcode ONNXRUNTIME_NODE_VERSION} in `lib/core/version.ts` names the
+ * same version (a test checks that the loaded runtime reports it).
  *
  * Deno has a native `Float16Array`. onnxruntime-common then maps `float16` tensors to it, and
  * the native binding rejects them ("float16 input tensors fail"). The mapping is decided once,
@@ -9,7 +12,9 @@
  *
  * @module
  */
-import * as ort from "onnxruntime-node";
+// An import map would break loading by URL (see above), hence the inline specifier.
+// deno-lint-ignore no-import-prefix
+import * as ort from "npm:onnxruntime-node@1.30.0";
 
 const g = globalThis as { Float16Array?: unknown };
 const saved = Object.getOwnPropertyDescriptor(globalThis, "Float16Array");
@@ -19,9 +24,5 @@ try {
 } finally {
   if (saved) Object.defineProperty(globalThis, "Float16Array", saved);
 }
-
-/** Whether float16 tensors use `Uint16Array` (true once the guard above has run). */
-export const FLOAT16_AS_UINT16: boolean =
-  new ort.Tensor("float16", new Uint16Array(1), [1]).data instanceof Uint16Array;
 
 export { ort };

@@ -5,6 +5,7 @@
  *
  * @module
  */
+import { cacheRoot } from "../core/_cache.ts";
 import { sha256Hex } from "../core/_hash.ts";
 import { join } from "node:path";
 import { nearest } from "../core/_suggest.ts";
@@ -42,13 +43,9 @@ export interface ExposedModel {
   created: boolean;
 }
 
-/** The default cache directory for edited models. */
+/** The default cache directory for edited models: `onnx/` in the toolkit's cache root. */
 export function defaultOnnxCacheDir(): string {
-  const env = (k: string) => Deno.env.get(k) || undefined;
-  const base = env("KNNLM_CACHE_DIR") ??
-    (env("XDG_CACHE_HOME") ? join(env("XDG_CACHE_HOME")!, "knnlm") : undefined) ??
-    join(env("HOME") ?? Deno.cwd(), ".cache", "knnlm");
-  return join(base, "onnx");
+  return join(cacheRoot(), "onnx");
 }
 
 /**

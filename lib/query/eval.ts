@@ -9,6 +9,7 @@
 import type { Datastore } from "../datastore/datastore.ts";
 import { interpolatedPerplexity, knnLogProb, perplexity } from "./knn_math.ts";
 import { planWindows, windowBatch } from "../model/windows.ts";
+import { DEFAULT_CONFIG, type EvalConfig } from "../config/mod.ts";
 
 /** What evaluation needs from a model: logits and keys for a batch of windows. */
 export interface ScoringModel {
@@ -24,8 +25,8 @@ export interface ScoringModel {
   ): Promise<{ logits: Float32Array; keys: Float32Array }>;
 }
 
-/** How neighbour distances are measured. */
-export type DistanceMode = "faiss" | "exact";
+/** How neighbour distances are measured: FAISS's PQ estimates or exact, from `keys.npy`. */
+export type DistanceMode = Exclude<EvalConfig["distance"], "both">;
 
 /** Options of {@link evaluate}. */
 export interface EvalOptions {
@@ -35,19 +36,19 @@ export interface EvalOptions {
   model: ScoringModel;
   /** Held-out tokens. */
   tokens: Int32Array;
-  /** Neighbours per query. Default 1024. */
+  /** Neighbours per query. Default: `DEFAULT_CONFIG.eval.k`. */
   k?: number;
-  /** Softmax temperature on distances. Default 1. */
+  /** Softmax temperature on distances. Default: `DEFAULT_CONFIG.eval.temperature`. */
   temperature?: number;
-  /** λ values to sweep. Default 0.05…0.5 step 0.05. */
+  /** λ values to sweep. Default: `DEFAULT_CONFIG.eval.lambdas`. */
   lambdas?: number[];
-  /** Distance modes to compute. Default both. */
+  /** Distance modes to compute. Default: `DEFAULT_CONFIG.eval.distance` ("both": both). */
   modes?: DistanceMode[];
   /** Window length. Default: the datastore's. */
   seqLen?: number;
   /** Window stride. Default: the datastore's. */
   stride?: number;
-  /** Windows per model call. Default 8. */
+  /** Windows per model call. Default: `DEFAULT_CONFIG.batchSize`. */
   batchSize?: number;
   /** Called after every batch with positions done / total. */
   onProgress?: (p: { done: number; total: number }) => void;
@@ -85,24 +86,24 @@ export interface EvalResult {
   tokensPerSecond: number;
 }
 
-/** The default λ sweep: 0.05, 0.10, …, 0.50. */
-export const DEFAULT_LAMBDAS: readonly number[] = Array.from(
-  { length: 10 },
-  (_, i) => Math.round((i + 1) * 5) / 100,
-);
+/** The distance modes an `eval.distance` setting asks for ("both": FAISS's and exact). */
+export function distanceModes(distance: EvalConfig["distance"]): DistanceMode[] {
+  return distance === "both" ? ["faiss", "exact"] : [distance];
+}
 
 /** Evaluates the LM and the kNN-LM on `tokens`. */
 export async function evaluate(opts: EvalOptions): Promise<EvalResult> {
   const t0 = performance.now();
   const ds = opts.datastore;
   const { model, tokens } = opts;
-  const k = opts.k ?? 1024;
-  const T = opts.temperature ?? 1;
-  const lambdas = opts.lambdas ?? [...DEFAULT_LAMBDAS];
-  const modes = opts.modes ?? ["faiss", "exact"];
+  const defaults = DEFAULT_CONFIG.eval;
+  const k = opts.k ?? defaults.k;
+  const T = opts.temperature ?? defaults.temperature;
+  const lambdas = opts.lambdas ?? [...defaults.lambdas];
+  const modes = opts.modes ?? distanceModes(defaults.distance);
   const seqLen = opts.seqLen ?? ds.manifest.gather.seqLen;
   const stride = opts.stride ?? ds.manifest.gather.stride;
-  const batchSize = opts.batchSize ?? 8;
+  const batchSize = opts.batchSize ?? DEFAULT_CONFIG.batchSize;
   if (!Number.isInteger(k) || k < 1) throw new RangeError(`k must be an integer ≥ 1, found ${k}`);
   if (k > ds.size) {
     throw new RangeError(`k = ${k} is larger than the datastore (${ds.size} keys in ${ds.dir})`);

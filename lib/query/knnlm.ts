@@ -9,6 +9,9 @@ import { sha256File } from "../core/_hash.ts";
 import { Datastore } from "../datastore/datastore.ts";
 import { knnDistribution, logSoftmax } from "./knn_math.ts";
 import { OnnxLm } from "../model/runner.ts";
+import { DEFAULT_CONFIG } from "../config/mod.ts";
+import type { DistanceMode } from "./eval.ts";
+import { ensureModelFile } from "../model/default_model.ts";
 
 /**
  * Opens the model a datastore was built with, refusing a file whose sha256 differs from the
@@ -20,6 +23,7 @@ export async function openDatastoreModel(
 ): Promise<OnnxLm> {
   const m = ds.manifest.model;
   const path = opts.path ?? m.path;
+  await ensureModelFile(path); // a cached bundled model that was removed is fetched again
   let sha: string;
   try {
     sha = await sha256File(path);
@@ -50,16 +54,16 @@ export interface KnnLmOptions {
   datastore: string;
   /** Model path, if it moved since the datastore was built (must have the same sha256). */
   model?: string;
-  /** Neighbours per query. Default 1024. */
+  /** Neighbours per query. Default: `DEFAULT_CONFIG.eval.k`. */
   k?: number;
-  /** Weight of p_kNN. Default 0.25. */
+  /** Weight of p_kNN. Default: `DEFAULT_CONFIG.eval.lambda`. */
   lambda?: number;
-  /** Softmax temperature on distances. Default 1. */
+  /** Softmax temperature on distances. Default: `DEFAULT_CONFIG.eval.temperature`. */
   temperature?: number;
   /** Lists probed. Default: the datastore's. */
   nprobe?: number;
-  /** Distances: recomputed exactly from keys.npy (default) or FAISS's approximate ones. */
-  distance?: "exact" | "faiss";
+  /** Distances: recomputed exactly from keys.npy (default, as in the paper) or FAISS's. */
+  distance?: DistanceMode;
   /** Threads for the model. Default: ONNX Runtime's. */
   threads?: number;
 }
@@ -112,7 +116,7 @@ export class KnnLm implements Disposable {
   /** Softmax temperature. */
   readonly temperature: number;
   /** Distance mode. */
-  readonly distance: "exact" | "faiss";
+  readonly distance: DistanceMode;
 
   private constructor(
     ds: Datastore,
@@ -129,8 +133,8 @@ export class KnnLm implements Disposable {
 
   /** Opens a datastore and its model. */
   static async open(opts: KnnLmOptions): Promise<KnnLm> {
-    const k = opts.k ?? 1024;
-    const lambda = opts.lambda ?? 0.25;
+    const k = opts.k ?? DEFAULT_CONFIG.eval.k;
+    const lambda = opts.lambda ?? DEFAULT_CONFIG.eval.lambda;
     if (!(lambda >= 0 && lambda <= 1)) {
       throw new RangeError(`lambda must be in [0, 1], found ${lambda}`);
     }
@@ -143,7 +147,7 @@ export class KnnLm implements Disposable {
       return new KnnLm(ds, model, {
         k,
         lambda,
-        temperature: opts.temperature ?? 1,
+        temperature: opts.temperature ?? DEFAULT_CONFIG.eval.temperature,
         distance: opts.distance ?? "exact",
       });
     } catch (e) {

@@ -7,8 +7,8 @@
  */
 
 export {
-  DEFAULT_LAMBDAS,
   type DistanceMode,
+  distanceModes,
   type EvalOptions,
   type EvalResult,
   evaluate,

@@ -51,7 +51,6 @@ export const O_RDONLY = 0;
 export const O_RDWR = 0o2;
 export const O_CREAT = 0o100;
 export const O_EXCL = 0o200;
-export const O_TRUNC = 0o1000;
 export const O_CLOEXEC = 0o2000000;
 export const SEEK_END = 2;
 export const PROT_READ = 1;
