@@ -8,7 +8,7 @@
  * @module
  */
 
-import { dirname, resolve } from "node:path";
+import { dirname, join, resolve } from "node:path";
 import { exitStatus, KnnError } from "./lib/core/mod.ts";
 import { fsError } from "./lib/core/errors.ts";
 import {
@@ -30,9 +30,12 @@ import {
   Datastore,
   type DatastoreManifest,
   datastorePaths,
+  LOCK_FILE,
   type PipelineEvent,
   readManifest,
   type Stage,
+  type VerifyCheck,
+  verifyDatastore,
 } from "./lib/datastore/mod.ts";
 import {
   distanceModes,
@@ -123,7 +126,7 @@ train-index (IVFPQ on a seeded sample) and add (all keys, ids = rows) → faiss.
 datastore.json. Finished stages are skipped; an interrupted gather resumes where it stopped.
 A directory holding a datastore made with another model or settings is refused.`,
     options: BUILD_OPTIONS,
-    run: (a) => pipelineCommand(a, ["gather", "train", "add"]),
+    run: (a) => pipelineCommand(a, ["gather", "train", "add"], "build-index"),
   },
   gather: {
     summary: "run the model over the corpus and write keys.npy / vals.npy (resumable)",
@@ -131,7 +134,7 @@ A directory holding a datastore made with another model or settings is refused.`
     about: `Runs the model over the corpus in sliding windows and writes keys.npy / vals.npy.
 Ctrl-C stops after the batch in flight; running it again resumes.`,
     options: BUILD_OPTIONS,
-    run: (a) => pipelineCommand(a, ["gather"]),
+    run: (a) => pipelineCommand(a, ["gather"], "gather"),
   },
   "train-index": {
     summary: "train the FAISS index on a seeded sample of the keys",
@@ -139,7 +142,7 @@ Ctrl-C stops after the batch in flight; running it again resumes.`,
     about: `Trains the index on a seeded sample of the gathered keys and writes
 faiss.trained.index (before anything is added).`,
     options: BUILD_OPTIONS,
-    run: (a) => pipelineCommand(a, ["train"]),
+    run: (a) => pipelineCommand(a, ["train"], "train-index"),
   },
   add: {
     summary: "add every key to the trained index and write faiss.index",
@@ -147,7 +150,7 @@ faiss.trained.index (before anything is added).`,
     about: `Adds every key with its row number as id, straight from the memory map, and writes
 faiss.index atomically.`,
     options: BUILD_OPTIONS,
-    run: (a) => pipelineCommand(a, ["add"]),
+    run: (a) => pipelineCommand(a, ["add"], "add"),
   },
   info: {
     summary: "describe a datastore directory",
@@ -157,6 +160,43 @@ faiss.index atomically.`,
     options: [JSON_OUT, VERBOSE, HELP],
     positionals: 1,
     run: infoCommand,
+  },
+  verify: {
+    summary: "check a datastore's files against datastore.json",
+    usage: "knn verify DIR [options]",
+    about:
+      `Checks a datastore without trusting it: datastore.json, keys.npy / vals.npy headers, shapes
+and sizes, every value within the model's vocabulary, the per-block sha256 sums recorded at
+gather time, faiss.index / faiss.ivfdata sizes, the index's size against index.ntotal, ids
+0..n-1 each once, and optionally a sampled self-recall. Exits 1 when a check fails.`,
+    options: [
+      { name: "no-checksums", doc: "skip recomputing the checksums (they read every byte)" },
+      {
+        name: "recall",
+        value: { kind: "integer", min: 0, max: 10_000_000 },
+        default: 0,
+        arg: "N",
+        doc: "search N sampled keys and report how many find themselves",
+      },
+      {
+        name: "min-recall",
+        value: { kind: "number", min: 0, max: 1 },
+        default: 0,
+        arg: "R",
+        doc: "fail when that self-recall is below R (0: report only)",
+      },
+      {
+        name: "k",
+        value: { kind: "integer", min: 1, max: 4096 },
+        default: 8,
+        doc: "neighbours searched per sampled key",
+      },
+      JSON_OUT,
+      VERBOSE,
+      HELP,
+    ],
+    positionals: 1,
+    run: verifyCommand,
   },
   model: {
     summary: "model tools: `knn model inspect FILE`",
@@ -386,6 +426,15 @@ async function createOutDir(loaded: LoadedConfig): Promise<string[]> {
   return created;
 }
 
+/** Removes the writer lock file of `dir` when nothing else is there. */
+async function removeLockIfAlone(dir: string) {
+  try {
+    const names = [];
+    for await (const e of Deno.readDir(dir)) names.push(e.name);
+    if (names.length === 1 && names[0] === LOCK_FILE) await Deno.remove(join(dir, LOCK_FILE));
+  } catch { /* best effort: the directory then stays */ }
+}
+
 /** Removes the directories {@linkcode createOutDir} made, innermost first, while empty. */
 async function removeIfEmpty(created: string[]) {
   for (const dir of created.toReversed()) {
@@ -510,7 +559,14 @@ function eventPrinter(silent: boolean): (e: PipelineEvent) => void {
         bar.update(e.progress.done);
         break;
       case "add-progress":
-        bar ??= new ProgressBar("add   ", e.progress.total, { unit: "keys", silent });
+        if (!bar && e.progress.resumedFrom) {
+          say(`add: resuming after ${e.progress.resumedFrom} keys added by an interrupted run`);
+        }
+        bar ??= new ProgressBar("add   ", e.progress.total, {
+          unit: "keys",
+          silent,
+          initial: e.progress.resumedFrom,
+        });
         bar.update(e.progress.done);
         break;
       case "done":
@@ -524,7 +580,7 @@ function eventPrinter(silent: boolean): (e: PipelineEvent) => void {
   };
 }
 
-async function pipelineCommand(args: ParsedCommandLine, stages: Stage[]) {
+async function pipelineCommand(args: ParsedCommandLine, stages: Stage[], name: string) {
   const loaded = loadCommandConfig(args);
   const { config } = loaded;
   const json = args.options.json as boolean;
@@ -546,8 +602,11 @@ async function pipelineCommand(args: ParsedCommandLine, stages: Stage[]) {
       force: args.options.force as boolean,
       onEvent: eventPrinter(json),
       signal: interrupt.signal,
+      command: `knn ${name}`,
     });
   } catch (e) {
+    // A directory this run created and left holding only the writer lock goes too.
+    if (created.length) await removeLockIfAlone(config.out);
     await removeIfEmpty(created);
     throw e;
   }
@@ -598,6 +657,35 @@ async function infoCommand(args: ParsedCommandLine) {
   ];
   for (const w of m.index?.warnings ?? m.trained?.warnings ?? []) lines.push(`warning     ${w}`);
   console.log(lines.join("\n"));
+}
+
+async function verifyCommand(args: ParsedCommandLine) {
+  const dir = args.positionals[0];
+  if (!dir) throw usageError("expected a datastore DIR", "knn verify DIR");
+  const json = args.options.json as boolean;
+  const show = (c: VerifyCheck) => {
+    const mark = { ok: "ok  ", failed: "FAIL", skipped: "skip" }[c.status];
+    console.log(`${mark} ${c.name.padEnd(12)} ${c.detail}`);
+    for (const p of c.problems) console.log(`     ${p.code}: ${p.message}`);
+  };
+  const report = await verifyDatastore(dir, {
+    checksums: !args.options["no-checksums"],
+    recallSample: args.options.recall as number,
+    recallK: args.options.k as number,
+    minRecall: args.options["min-recall"] as number,
+    onCheck: json ? undefined : show,
+  });
+  if (json) console.log(JSON.stringify(report, null, 2));
+  const failed = report.checks.filter((c) => c.status === "failed");
+  if (failed.length) {
+    const first = failed[0].problems[0];
+    throw new KnnError(
+      first?.code ?? "E_CORRUPT",
+      `${dir}: ${failed.length} check${failed.length > 1 ? "s" : ""} failed ` +
+        `(${failed.map((c) => c.name).join(", ")})` + (first ? `: ${first.message}` : ""),
+      { path: first?.path ?? dir },
+    );
+  }
 }
 
 async function modelCommand(args: ParsedCommandLine) {

@@ -5,12 +5,18 @@
  * valid for the same settings; a directory holding a datastore made with another model or
  * other settings is refused rather than mixed.
  *
+ * Reliability: the run holds the datastore's writer lock (a second writer gets `E_LOCKED`);
+ * a skipped stage re-checks its outputs against `datastore.json` (a truncated `keys.npy` is
+ * gathered again, not trusted); each stage checks the free disk space first; the abort signal
+ * stops every stage at its next safe point with `E_INTERRUPTED`; `nprobe` is a query-time
+ * setting recorded without rebuilding anything.
+ *
  * @module
  */
 
 import { sha256File } from "../core/_hash.ts";
 import { removeIfExists } from "../core/_atomic.ts";
-import { fsError } from "../core/errors.ts";
+import { fsError, KnnError } from "../core/errors.ts";
 import type { KnnlmConfig } from "../config/mod.ts";
 import { loadCorpus } from "../corpus/mod.ts";
 import {
@@ -18,14 +24,24 @@ import {
   type DatastoreManifest,
   datastorePaths,
   type GatherFingerprint,
-  type IndexParams,
   readManifest,
   refuseMismatch,
   writeManifest,
 } from "./manifest.ts";
-import { faissVersion, getNumThreads, setNumThreads } from "../index/mod.ts";
+import { FaissIndex, faissVersion, getNumThreads, setNumThreads } from "../index/mod.ts";
 import { gather, type GatherProgress, keyModelOf } from "./gather.ts";
-import { type AddProgress, addToIndex, planIndex, trainIndex } from "./train_add.ts";
+import {
+  type AddProgress,
+  addToIndex,
+  interrupted,
+  planIndex,
+  removeStaleIvfdata,
+  sameIndexParams,
+  sameTraining,
+  trainIndex,
+} from "./train_add.ts";
+import { gatheredProblems, indexCountProblems, indexFileProblems } from "./_checks.ts";
+import { DatastoreLock } from "./lock.ts";
 import { OnnxLm } from "../model/runner.ts";
 import { ensureModelFile } from "../model/default_model.ts";
 import { openTokenizer } from "../model/hf_tokenizer.ts";
@@ -55,23 +71,58 @@ export interface BuildOptions {
   force?: boolean;
   /** Receives progress events. */
   onEvent?: (e: PipelineEvent) => void;
-  /** Interrupts gather (resumably) and add between chunks. */
+  /**
+   * Stops the run at the next safe point of any stage with `E_INTERRUPTED` (its reason, when
+   * that is a `KnnError`, supplies the signal): gather after the batch in flight, add at the
+   * next block boundary (both resume), training before or after the FAISS call.
+   */
   signal?: AbortSignal;
+  /**
+   * What the writer lock records as the holder's command (shown to a second writer).
+   * Default `"buildIndex"`.
+   */
+  command?: string;
 }
 
 function threadsOf(config: KnnlmConfig): number {
   return config.threads > 0 ? config.threads : Math.max(1, navigator.hardwareConcurrency || 1);
 }
 
-// addChunk decides how keys are added, not what the index holds (and older manifests lack it).
-function sameParams(a: IndexParams | undefined, b: IndexParams): boolean {
-  if (!a) return false;
-  return (Object.keys(b) as (keyof IndexParams)[]).every((k) => k === "addChunk" || a[k] === b[k]);
+/** Throws `E_INTERRUPTED` when the signal has been raised (between stages). */
+function checkSignal(signal: AbortSignal | undefined, before: string): void {
+  if (signal?.aborted) throw interrupted(signal, `interrupted before ${before}`);
 }
 
-// Training does not depend on where the lists will live, so switching invlists only re-adds.
-function sameTraining(a: IndexParams | undefined, b: IndexParams): boolean {
-  return sameParams(a && { ...a, invlists: b.invlists }, b);
+/** Whether `faiss.trained.index` is there, readable and an empty index of width `d`. */
+function trainedUsable(path: string, d: number): boolean {
+  try {
+    using index = FaissIndex.read(path);
+    return index.d === d && index.ntotal === 0;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Problems with a finished index: its files' sizes, then (when those match) its counts. The
+ * lists are mapped, not loaded, so this stays cheap for a large index.
+ */
+async function indexProblems(dir: string, m: DatastoreManifest): Promise<KnnError[]> {
+  const problems = await indexFileProblems(dir, m);
+  if (problems.length) return problems;
+  const memory = m.index?.invlists === "memory" || m.index?.nlist === 0;
+  try {
+    using index = FaissIndex.read(datastorePaths(dir).index, { mmap: memory, readOnly: true });
+    return indexCountProblems(dir, m, index);
+  } catch (e) {
+    const path = datastorePaths(dir).index;
+    return [
+      new KnnError("E_CORRUPT", `${path}: unreadable: ${(e as Error).message}`, {
+        path,
+        cause: e,
+      }),
+    ];
+  }
 }
 
 /**
@@ -93,7 +144,12 @@ export async function buildIndex(
   const stages = new Set<Stage>(opts.stages ?? ["gather", "train", "add"]);
   const dir = config.out;
   const paths = datastorePaths(dir);
-  await Deno.mkdir(dir, { recursive: true });
+  try {
+    await Deno.mkdir(dir, { recursive: true });
+  } catch (e) {
+    throw fsError(e, dir, "create the datastore directory");
+  }
+  using _lock = await DatastoreLock.acquire(dir, opts.command ?? "buildIndex");
   const threads = threadsOf(config);
   const previousThreads = getNumThreads();
   setNumThreads(threads);
@@ -143,15 +199,50 @@ export async function buildIndex(
     };
     if (manifest) refuseMismatch(dir, manifest.gather, wanted, "a datastore");
 
-    // Stage 1: gather.
+    // Everything made from the keys goes when the keys are made again; the manifest first, so
+    // that no reader trusts the files while they change.
+    const dropAll = async () => {
+      await removeIfExists(paths.manifest);
+      for (const p of [paths.index, paths.trainedIndex, paths.addProgress, paths.partialIndex]) {
+        await removeIfExists(p);
+      }
+      await removeStaleIvfdata(dir);
+    };
+
+    // Stage 1: gather. Skipped only when datastore.json records it and the files still match.
+    if (manifest && !(opts.force && stages.has("gather"))) {
+      const problems = gatheredProblems(dir, manifest);
+      if (problems.length && !stages.has("gather")) {
+        throw new KnnError(
+          "E_CORRUPT",
+          `${problems[0].message}; the gathered keys cannot be used`,
+          {
+            path: problems[0].path,
+            cause: problems[0],
+            hint: `gather again: knn build-index (or knn gather) --out ${dir}`,
+          },
+        );
+      }
+      if (problems.length) {
+        for (const p of problems) emit({ type: "warning", message: p.message });
+        emit({ type: "warning", message: `gathering ${dir} again: its keys cannot be trusted` });
+        await dropAll();
+        manifest = undefined;
+      }
+    }
     const gatherDone = manifest !== undefined && !(opts.force && stages.has("gather"));
     if (!stages.has("gather") && !manifest) {
-      throw new Error(`${dir}: no gathered keys yet (run \`knn gather\` or \`knn build-index\`)`);
+      throw new KnnError(
+        "E_NOT_FOUND",
+        `${dir}: no gathered keys yet (run \`knn gather\` or \`knn build-index\`)`,
+        { path: paths.manifest },
+      );
     }
     if (stages.has("gather") && gatherDone) {
       emit({ type: "skip", stage: "gather", reason: "keys and values already gathered" });
     }
     if (stages.has("gather") && !gatherDone) {
+      checkSignal(opts.signal, "gathering");
       using model = await OnnxLm.open(config.model, {
         keyTensor: config.keyTensor,
         logitsOutput: config.logitsOutput,
@@ -174,7 +265,7 @@ export async function buildIndex(
       }
       if (opts.force) {
         await removeIfExists(paths.gatherProgress);
-        for (const p of [paths.index, paths.trainedIndex, paths.manifest]) await removeIfExists(p);
+        await dropAll();
       }
       emit({ type: "start", stage: "gather", detail: `${nTokens} tokens` });
       const g = await gather({
@@ -189,6 +280,11 @@ export async function buildIndex(
         onProgress: (progress) => emit({ type: "gather-progress", progress }),
         signal: opts.signal,
       });
+      let checksums: DatastoreManifest["checksums"];
+      try {
+        const sums = JSON.parse(await Deno.readTextFile(paths.checksums));
+        checksums = { file: "checksums.json", algorithm: "sha256", blockRows: sums.blockRows };
+      } catch { /* a gather resumed from an older checkpoint records none */ }
       manifest = {
         format: DATASTORE_FORMAT,
         toolkit: { name: TOOLKIT_NAME, version: TOOLKIT_VERSION },
@@ -223,6 +319,7 @@ export async function buildIndex(
           seconds: g.seconds,
           tokensPerSecond: (g.rows - g.resumedFrom) / g.seconds,
         },
+        ...(checksums ? { checksums } : {}),
         versions: versions({ faiss: faissVersion() }),
       };
       await writeManifest(dir, manifest);
@@ -231,22 +328,40 @@ export async function buildIndex(
     }
     if (!manifest) throw new Error(`${dir}: gather did not complete`);
 
-    // Stage 2: train.
     const [n, d] = manifest.keys.shape;
     const { params, warnings } = planIndex(n, d, config.index);
-    let trainedFileExists = true;
-    try {
-      await Deno.stat(paths.trainedIndex);
-    } catch {
-      trainedFileExists = false;
+    // nprobe is a query-time setting: a finished index only has it recorded anew.
+    if (
+      manifest.index && sameIndexParams(manifest.index, params) &&
+      manifest.index.nprobe !== params.nprobe
+    ) {
+      emit({
+        type: "warning",
+        message: `nprobe ${manifest.index.nprobe} → ${params.nprobe}: recorded in ` +
+          `datastore.json (a query-time setting: nothing is rebuilt)`,
+      });
+      manifest = {
+        ...manifest,
+        index: { ...manifest.index, nprobe: params.nprobe },
+        ...(manifest.trained ? { trained: { ...manifest.trained, nprobe: params.nprobe } } : {}),
+      };
+      await writeManifest(dir, manifest);
     }
-    const trained = sameTraining(manifest.trained, params) && trainedFileExists &&
-      !(opts.force && stages.has("train"));
-    if (stages.has("train") && trained) {
+
+    // Stage 2: train. The finished index (if any) stays readable until a new one replaces it.
+    const trained = sameTraining(manifest.trained, params) && !(opts.force && stages.has("train"));
+    const trainedOk = trained && trainedUsable(paths.trainedIndex, d);
+    if (stages.has("train") && trainedOk) {
       emit({ type: "skip", stage: "train", reason: `already trained (${params.factory})` });
     }
-    if (stages.has("train") && !trained) {
-      if (manifest.trained && !sameTraining(manifest.trained, params)) {
+    if (stages.has("train") && !trainedOk) {
+      checkSignal(opts.signal, "training");
+      if (trained) {
+        emit({
+          type: "warning",
+          message: `${paths.trainedIndex}: missing or unreadable: training again`,
+        });
+      } else if (manifest.trained) {
         emit({
           type: "warning",
           message: `index settings changed (${manifest.trained.factory} → ${params.factory}): ` +
@@ -260,17 +375,29 @@ export async function buildIndex(
         stage: "train",
         detail: `${params.factory} on ${params.trainSize} keys, ${threads} threads`,
       });
+      // An add under way grew from the old training: it cannot be resumed.
+      await removeIfExists(paths.addProgress);
+      await removeIfExists(paths.partialIndex);
       const t = await trainIndex({ dir, params, signal: opts.signal });
       manifest = { ...manifest, trained: { ...params, warnings, seconds: t.seconds } };
-      delete manifest.index;
-      await removeIfExists(paths.index);
       await writeManifest(dir, manifest);
       emit({ type: "done", stage: "train", seconds: t.seconds });
     }
 
-    // Stage 3: add.
-    const added = manifest.index !== undefined && sameParams(manifest.index, params) &&
+    // Stage 3: add. Skipped only when the finished index's files still match the manifest.
+    let added = manifest.index !== undefined && sameIndexParams(manifest.index, params) &&
       !(opts.force && stages.has("add"));
+    if (added && stages.has("add")) {
+      const problems = await indexProblems(dir, manifest);
+      if (problems.length) {
+        for (const p of problems) emit({ type: "warning", message: p.message });
+        emit({ type: "warning", message: `adding the keys again: the index cannot be trusted` });
+        manifest = { ...manifest };
+        delete manifest.index;
+        await writeManifest(dir, manifest);
+        added = false;
+      }
+    }
     if (stages.has("add") && added) {
       emit({
         type: "skip",
@@ -279,23 +406,19 @@ export async function buildIndex(
       });
     }
     if (stages.has("add") && !added) {
-      if (!sameTraining(manifest.trained, params)) {
-        throw new Error(
+      checkSignal(opts.signal, "adding");
+      if (!sameTraining(manifest.trained, params) || !trainedUsable(paths.trainedIndex, d)) {
+        throw new KnnError(
+          "E_NOT_FOUND",
           `${dir}: no trained index for ${params.factory} (run \`knn train-index\` first)`,
+          { path: paths.trainedIndex },
         );
-      }
-      if (manifest.index) {
-        // The old index goes first: re-adding rewrites faiss.ivfdata, which it may point into.
-        manifest = { ...manifest };
-        delete manifest.index;
-        await writeManifest(dir, manifest);
-        await removeIfExists(paths.index);
       }
       emit({
         type: "start",
         stage: "add",
         detail: `${n} keys in chunks of ${config.index.addChunk}` +
-          (params.invlists === "disk" && params.nlist > 0 ? ", lists in faiss.ivfdata" : ""),
+          (params.invlists === "disk" && params.nlist > 0 ? ", lists on disk" : ""),
       });
       const a = await addToIndex({
         dir,
@@ -306,9 +429,19 @@ export async function buildIndex(
       });
       manifest = {
         ...manifest,
-        index: { ...params, file: "faiss.index", ntotal: a.ntotal, warnings, seconds: a.seconds },
+        index: {
+          ...params,
+          file: "faiss.index",
+          ntotal: a.ntotal,
+          warnings,
+          seconds: a.seconds,
+          bytes: a.bytes,
+          ...(a.ivfdata ? { ivfdata: a.ivfdata } : {}),
+        },
       };
       await writeManifest(dir, manifest);
+      // The previous build's lists, if any: readers holding them open keep them until closed.
+      await removeStaleIvfdata(dir);
       emit({ type: "done", stage: "add", seconds: a.seconds });
     }
     return (await readManifest(dir))!;

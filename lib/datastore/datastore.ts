@@ -5,9 +5,16 @@
  * @module
  */
 
+import { KnnError } from "../core/errors.ts";
 import { exactL2Async, FaissIndex } from "../index/mod.ts";
-import { MappedArray } from "../storage/mmap.ts";
+import type { MappedArray } from "../storage/mmap.ts";
 import { type DatastoreManifest, datastorePaths, readManifest } from "./manifest.ts";
+import {
+  gatheredProblems,
+  indexCountProblems,
+  indexFileProblems,
+  openNpyChecked,
+} from "./_checks.ts";
 
 /** An open datastore, ready for queries. Close it when done. */
 export class Datastore implements Disposable {
@@ -22,6 +29,7 @@ export class Datastore implements Disposable {
   /** `vals.npy`, mapped read-only. */
   readonly vals: MappedArray;
   #valsView: Int32Array;
+  #vocab: number;
 
   private constructor(
     dir: string,
@@ -36,11 +44,16 @@ export class Datastore implements Disposable {
     this.keys = keys;
     this.vals = vals;
     this.#valsView = vals.view() as Int32Array;
+    this.#vocab = manifest.model.vocabSize;
   }
 
   /**
-   * Opens `dir`, checking that every file is there and agrees with `datastore.json`.
-   * `nprobe` overrides the one recorded at build time.
+   * Opens `dir`, checking before anything is mapped or searched that every file is there and
+   * agrees with `datastore.json`: `keys.npy` and `vals.npy` headers and sizes against the
+   * recorded dtypes and shapes, `faiss.index` and `faiss.ivfdata` sizes against the recorded
+   * ones, and the index's size against `index.ntotal` and the number of keys. A file that fails
+   * is `E_CORRUPT` (a missing one `E_NOT_FOUND`), naming the file, the field, the recorded and
+   * the found value. `nprobe` overrides the one recorded at build time.
    */
   static async open(
     dir: string,
@@ -49,46 +62,34 @@ export class Datastore implements Disposable {
     const paths = datastorePaths(dir);
     const manifest = await readManifest(dir);
     if (!manifest) {
-      throw new Error(
+      throw new KnnError(
+        "E_NOT_FOUND",
         `${dir}: no datastore.json — not a finished datastore (run \`knn build-index --out ${dir}\`)`,
+        { path: paths.manifest },
       );
     }
     if (!manifest.index) {
-      throw new Error(
+      throw new KnnError(
+        "E_NOT_FOUND",
         `${dir}: the datastore has no finished index (run \`knn build-index --out ${dir}\`)`,
+        { path: paths.index },
       );
     }
-    const needed = [paths.keys, paths.vals, paths.index];
-    if (manifest.index.invlists === "disk" && manifest.index.nlist > 0) needed.push(paths.ivfdata);
-    for (const p of needed) {
-      try {
-        await Deno.stat(p);
-      } catch {
-        throw new Error(`${p}: missing; the datastore in ${dir} is incomplete (rebuild it)`);
-      }
-    }
-    const keys = MappedArray.open(paths.keys, { mode: "r" });
-    const vals = MappedArray.open(paths.vals, { mode: "r" });
+    const fileProblems = [
+      ...gatheredProblems(dir, manifest),
+      ...await indexFileProblems(dir, manifest),
+    ];
+    if (fileProblems.length) throw fileProblems[0];
+    const keys = openNpyChecked(paths.keys, manifest.keys, "keys");
+    let vals: MappedArray | undefined;
     let index: FaissIndex | undefined;
     try {
-      const [n, d] = manifest.keys.shape;
-      if (keys.rows !== n || keys.rowLength !== d) {
-        throw new Error(
-          `${paths.keys}: shape [${keys.shape}] does not match datastore.json [${n}, ${d}]`,
-        );
-      }
-      if (vals.rows !== n) {
-        throw new Error(`${paths.vals}: ${vals.rows} rows, datastore.json says ${n}`);
-      }
+      vals = openNpyChecked(paths.vals, manifest.vals, "vals");
       // Queries only read: on-disk lists are opened read-only, so a datastore the user may read
       // but not write (another user's, a read-only mount) can be searched.
       index = FaissIndex.read(paths.index, { mmap: opts.mmapIndex ?? false, readOnly: true });
-      if (index.ntotal !== n || index.d !== d) {
-        throw new Error(
-          `${paths.index}: holds ${index.ntotal} vectors of dimension ${index.d}; ` +
-            `datastore.json says ${n} of ${d}`,
-        );
-      }
+      const countProblems = indexCountProblems(dir, manifest, index);
+      if (countProblems.length) throw countProblems[0];
       const nprobe = opts.nprobe ?? manifest.index.nprobe;
       if (manifest.index.nlist > 0) index.nprobe = nprobe;
       keys.advise("random");
@@ -96,7 +97,7 @@ export class Datastore implements Disposable {
     } catch (e) {
       index?.close();
       keys.close();
-      vals.close();
+      vals?.close();
       throw e;
     }
   }
@@ -106,14 +107,30 @@ export class Datastore implements Disposable {
     return this.keys.rows;
   }
 
-  /** The next token stored for row `i`. */
+  /**
+   * The next token stored for row `i`. A value outside the model's vocabulary (an overwritten
+   * `vals.npy`) is `E_CORRUPT`: it would otherwise be silently left out of p_kNN.
+   */
   val(i: number): number {
-    return this.#valsView[i];
+    const v = this.#valsView[i];
+    if (v >= 0 && v < this.#vocab) return v;
+    if (v === undefined) throw new RangeError(`val(${i}): row out of range for ${this.size} rows`);
+    throw this.#badValue(i, v);
   }
 
   /** Token `j` of the datastore's corpus (token 0 is recorded, token j+1 = vals[j]). */
   token(j: number): number {
-    return j === 0 ? this.manifest.corpus.firstToken : this.#valsView[j - 1];
+    return j === 0 ? this.manifest.corpus.firstToken : this.val(j - 1);
+  }
+
+  #badValue(i: number, v: number): KnnError {
+    const path = datastorePaths(this.dir).vals;
+    return new KnnError(
+      "E_CORRUPT",
+      `${path}: row ${i} holds token ${v}, outside the model's vocabulary [0, ${this.#vocab}) ` +
+        `(datastore.json model.vocabSize)`,
+      { path, key: "model.vocabSize", hint: `check the whole file: knn verify ${this.dir}` },
+    );
   }
 
   /**

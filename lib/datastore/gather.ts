@@ -8,16 +8,50 @@
  * Ctrl-C continues from there. Batches are formed the same way on every run, so the resumed
  * result is byte-identical to an uninterrupted one.
  *
+ * Disk space is checked before anything is written and the arrays' blocks are reserved with
+ * `posix_fallocate`, so a full disk is an `E_NO_SPACE` error naming the file, never a SIGBUS
+ * while writing through the mapping. Every block of {@link CHECKSUM_BLOCK_ROWS} rows is hashed
+ * (sha256) once written; the sums go to `checksums.json` for `knn verify`.
+ *
  * @module
  */
 
-import { KnnError } from "../core/errors.ts";
+import { createHash } from "node:crypto";
+import { fsError, KnnError } from "../core/errors.ts";
 import { MappedArray } from "../storage/mmap.ts";
 import { f32ArrayToF16 } from "../storage/half.ts";
-import { readJsonIfExists, writeJsonAtomic } from "../core/_atomic.ts";
+import { ensureFreeSpace } from "../storage/space.ts";
+import { readJsonIfExists, removeIfExists, renameFile, writeJsonAtomic } from "../core/_atomic.ts";
 import { datastorePaths, type GatherFingerprint, refuseMismatch } from "./manifest.ts";
 import { planWindows, windowBatch } from "../model/windows.ts";
 import { DEFAULT_CONFIG, type KnnlmConfig } from "../config/mod.ts";
+
+/** Rows per checksummed block of `keys.npy` / `vals.npy`. */
+export const CHECKSUM_BLOCK_ROWS = 65536;
+
+/**
+ * `checksums.json`: sha256 of the data bytes (no header) of each block of `blockRows` rows of
+ * `keys.npy` and `vals.npy`; block b covers rows [b·blockRows, min(rows, (b+1)·blockRows)).
+ */
+export interface GatherChecksums {
+  /** Always "sha256". */
+  algorithm: "sha256";
+  /** Rows per block. */
+  blockRows: number;
+  /** Rows covered (all of them once the gather is complete). */
+  rows: number;
+  /** Hex sha256 per block of `keys.npy`. */
+  keys: string[];
+  /** Hex sha256 per block of `vals.npy`. */
+  vals: string[];
+}
+
+/** The sha256 (hex) of the data bytes of rows [start, end) of a mapped array. */
+export function rowsSha256(arr: MappedArray, start: number, end: number): string {
+  const v = arr.view(start, end);
+  return createHash("sha256").update(new Uint8Array(v.buffer, v.byteOffset, v.byteLength))
+    .digest("hex");
+}
 
 /** What gathering needs from a model: its key width and a batched forward pass. */
 export interface KeyModel {
@@ -89,6 +123,8 @@ export interface GatherOptions {
   onProgress?: (p: GatherProgress) => void;
   /** Stops after the batch in flight, leaving a resumable checkpoint. */
   signal?: AbortSignal;
+  /** Rows per checksummed block. Default {@link CHECKSUM_BLOCK_ROWS}. */
+  checksumRows?: number;
 }
 
 /** Result of {@link gather}. */
@@ -112,6 +148,8 @@ interface ProgressFile {
   dModel: number;
   batchesDone: number;
   rowsDone: number;
+  /** Sums of the blocks completed so far (absent in checkpoints of older versions). */
+  checksums?: GatherChecksums;
 }
 
 /**
@@ -131,8 +169,34 @@ async function finishRenames(tmp: string, final: string) {
   try {
     await Deno.rename(tmp, final);
   } catch (e) {
-    if (!(e instanceof Deno.errors.NotFound)) throw e;
-    await Deno.stat(final); // already renamed: it must be there
+    if (!(e instanceof Deno.errors.NotFound)) throw fsError(e, tmp, `rename to ${final}`);
+    try {
+      await Deno.stat(final); // already renamed: it must be there
+    } catch {
+      throw new KnnError(
+        "E_NOT_FOUND",
+        `${final}: missing, and so is ${tmp}; delete ${final.replace(/[^/]*$/, "")}` +
+          `gather.progress.json to gather again`,
+        { path: final },
+      );
+    }
+  }
+}
+
+/** Hashes every block of rows that is complete in [sums.rows, rowsDone); final: the tail too. */
+function hashBlocks(
+  sums: GatherChecksums,
+  keys: MappedArray,
+  vals: MappedArray,
+  rowsDone: number,
+  final: boolean,
+): void {
+  const B = sums.blockRows;
+  while (sums.rows + B <= rowsDone || (final && sums.rows < rowsDone)) {
+    const end = Math.min(rowsDone, sums.rows + B);
+    sums.keys.push(rowsSha256(keys, sums.rows, end));
+    sums.vals.push(rowsSha256(vals, sums.rows, end));
+    sums.rows = end;
   }
 }
 
@@ -164,6 +228,10 @@ export async function gather(opts: GatherOptions): Promise<GatherResult> {
   const keysTmp = `${paths.keys}.tmp`;
   const valsTmp = `${paths.vals}.tmp`;
   const keyNpy = keyDtype === "float16" ? "<f2" : "<f4";
+  const checksumRows = opts.checksumRows ?? CHECKSUM_BLOCK_ROWS;
+  if (!Number.isInteger(checksumRows) || checksumRows < 1) {
+    throw new RangeError(`checksumRows must be an integer ≥ 1, found ${checksumRows}`);
+  }
 
   // Resume from a checkpoint of the same gather, or start afresh (stale .tmp files are reset).
   const progress = await readJsonIfExists<ProgressFile>(paths.gatherProgress);
@@ -171,6 +239,9 @@ export async function gather(opts: GatherOptions): Promise<GatherResult> {
   if (progress && progress.batchesDone === nBatches) {
     // A finished gather that stopped before its files were renamed: finish the renames.
     refuseMismatch(opts.dir, progress.fingerprint, fingerprint, "an unfinished gather");
+    if (progress.checksums?.rows === rows) {
+      await writeJsonAtomic(paths.checksums, progress.checksums);
+    }
     await finishRenames(keysTmp, paths.keys);
     await finishRenames(valsTmp, paths.vals);
     return {
@@ -186,6 +257,15 @@ export async function gather(opts: GatherOptions): Promise<GatherResult> {
   let vals: MappedArray;
   let batchesDone = 0;
   let rowsDone = 0;
+  let sums: GatherChecksums = {
+    algorithm: "sha256",
+    blockRows: checksumRows,
+    rows: 0,
+    keys: [],
+    vals: [],
+  };
+  // Sums of another gather (a --force regather) must not describe these files.
+  await removeIfExists(paths.checksums);
   if (progress) {
     refuseMismatch(opts.dir, progress.fingerprint, fingerprint, "an unfinished gather");
     keys = MappedArray.open(keysTmp, { mode: "r+", dtypes: [keyNpy] });
@@ -193,17 +273,34 @@ export async function gather(opts: GatherOptions): Promise<GatherResult> {
     if (keys.rows !== rows || keys.rowLength !== d || vals.rows !== rows) {
       keys.close();
       vals.close();
-      throw new Error(
+      throw new KnnError(
+        "E_CORRUPT",
         `${keysTmp}: shape [${keys.shape}] does not match the checkpoint ([${rows}, ${d}]); ` +
           `delete ${paths.gatherProgress} to start the gather over`,
+        { path: keysTmp },
       );
     }
     batchesDone = progress.batchesDone;
     rowsDone = progress.rowsDone;
+    if (progress.checksums?.blockRows === checksumRows) sums = progress.checksums;
   } else {
-    keys = MappedArray.create(keysTmp, { dtype: keyNpy, shape: [rows, d] });
-    vals = MappedArray.create(valsTmp, { dtype: "<i4", shape: [rows] });
+    const itemBytes = keyDtype === "float16" ? 2 : 4;
+    // + headers; the arrays' blocks are reserved below, so this is what the gather will use.
+    ensureFreeSpace(
+      opts.dir,
+      rows * d * itemBytes + rows * 4 + 2 * 4096,
+      `gathering ${rows} keys of width ${d} (${keysTmp}, ${valsTmp})`,
+    );
+    keys = MappedArray.create(keysTmp, { dtype: keyNpy, shape: [rows, d], allocate: true });
+    try {
+      vals = MappedArray.create(valsTmp, { dtype: "<i4", shape: [rows], allocate: true });
+    } catch (e) {
+      keys.close();
+      await removeIfExists(keysTmp);
+      throw e;
+    }
   }
+
   const resumedFrom = rowsDone;
   let stopPending = () => {};
 
@@ -221,6 +318,7 @@ export async function gather(opts: GatherOptions): Promise<GatherResult> {
       if (rowsDone > checkpointFrom) {
         keys.flush(checkpointFrom, rowsDone);
         vals.flush(checkpointFrom, rowsDone);
+        hashBlocks(sums, keys, vals, rowsDone, rowsDone === rows);
         // Written and on disk: drop them from this process so its RSS stays bounded.
         keys.advise("dontneed", checkpointFrom, rowsDone);
       }
@@ -231,6 +329,7 @@ export async function gather(opts: GatherOptions): Promise<GatherResult> {
           dModel: d,
           batchesDone,
           rowsDone,
+          checksums: sums,
         } satisfies ProgressFile,
       );
       checkpointFrom = rowsDone;
@@ -281,10 +380,11 @@ export async function gather(opts: GatherOptions): Promise<GatherResult> {
     vals.close();
   }
 
-  // Complete: give the arrays their final names. The checkpoint stays until the caller has
-  // recorded the gather in datastore.json (then it calls removeIfExists on it).
-  await Deno.rename(keysTmp, paths.keys);
-  await Deno.rename(valsTmp, paths.vals);
+  // Complete: record the sums, then give the arrays their final names. The checkpoint stays
+  // until the caller has recorded the gather in datastore.json (then it removes it).
+  await writeJsonAtomic(paths.checksums, sums);
+  await renameFile(keysTmp, paths.keys);
+  await renameFile(valsTmp, paths.vals);
   return {
     fingerprint,
     rows,

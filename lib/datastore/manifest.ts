@@ -6,13 +6,16 @@
  * `faiss.index` (a plain `faiss.write_index` file whose ids are row numbers) and
  * `datastore.json`, which records how all of it was made and is written after the files it
  * describes. Work in progress lives under `*.tmp` names plus a `*.progress.json` file, so a
- * crash never leaves a file that looks complete.
+ * crash never leaves a file that looks complete. `checksums.json` holds sha256 sums of blocks
+ * of keys and values recorded while gathering (`knn verify` recomputes them), and `.lock` is
+ * the writer lock (see `lock.ts`).
  *
  * @module
  */
 
 import { join } from "node:path";
 import { readJsonIfExists, writeJsonAtomic } from "../core/_atomic.ts";
+import { KnnError } from "../core/errors.ts";
 import type { IndexConfig, KnnlmConfig } from "../config/mod.ts";
 import type { TokenizerIdentity } from "../model/tokenizer.ts";
 
@@ -28,7 +31,17 @@ export const DATASTORE_FILES = {
   trainedIndex: "faiss.trained.index",
   manifest: "datastore.json",
   gatherProgress: "gather.progress.json",
+  checksums: "checksums.json",
+  addProgress: "add.progress.json",
+  partialIndex: "faiss.partial.index",
+  lock: ".lock",
 } as const;
+
+/**
+ * Names the on-disk inverted lists take in turn: a rebuild writes its lists under the name the
+ * live index does not use, so readers of the complete datastore never see them change.
+ */
+export const IVFDATA_NAMES = ["faiss.ivfdata", "faiss.1.ivfdata"] as const;
 
 /** Paths of a datastore's files. */
 export function datastorePaths(dir: string): Record<keyof typeof DATASTORE_FILES, string> {
@@ -120,7 +133,13 @@ export interface DatastoreManifest {
     ntotal: number;
     warnings: string[];
     seconds: number;
+    /** Size of `file` in bytes when it was written (checked before reading it). */
+    bytes?: number;
+    /** The on-disk inverted lists (`invlists: "disk"`): file name and size in bytes. */
+    ivfdata?: { file: string; bytes: number };
   };
+  /** Per-block checksums of `keys.npy` and `vals.npy` recorded while gathering. */
+  checksums?: { file: string; algorithm: "sha256"; blockRows: number };
   /** Versions of the toolkit, Deno, ONNX Runtime and FAISS that made it. */
   versions: Record<string, string>;
 }
@@ -130,8 +149,10 @@ export async function readManifest(dir: string): Promise<DatastoreManifest | und
   const path = datastorePaths(dir).manifest;
   const m = await readJsonIfExists<DatastoreManifest>(path);
   if (m && m.format !== DATASTORE_FORMAT) {
-    throw new Error(
+    throw new KnnError(
+      "E_CORRUPT",
       `${path}: datastore format ${m.format} is not supported (this toolkit reads ${DATASTORE_FORMAT})`,
+      { path, key: "format" },
     );
   }
   return m;
@@ -170,9 +191,11 @@ export function refuseMismatch(
 ): void {
   const diff = fingerprintDiff(found, wanted);
   if (diff.length) {
-    throw new Error(
+    throw new KnnError(
+      "E_MISMATCH",
       `${dir}: holds ${what} made with a different model or settings (${diff.join("; ")}); ` +
         `refusing to mix them — choose another --out directory or delete ${dir}`,
+      { path: dir },
     );
   }
 }

@@ -36,6 +36,8 @@ export const LIBC_SYMBOLS = {
   msync: { parameters: ["pointer", "usize", "i32"], result: "i32" },
   // int madvise(void *addr, size_t length, int advice)
   madvise: { parameters: ["pointer", "usize", "i32"], result: "i32" },
+  // int statvfs(const char *path, struct statvfs *buf)
+  statvfs: { parameters: ["buffer", "buffer"], result: "i32" },
   // long sysconf(int name)
   sysconf: { parameters: ["i32"], result: "i64" },
   // int *__errno_location(void)

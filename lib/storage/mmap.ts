@@ -63,9 +63,11 @@ export interface CreateMappedArrayOptions<D extends DType> {
   /** C-order shape, e.g. `[nTokens, dModel]` for keys or `[nTokens]` for values. */
   shape: readonly number[];
   /**
-   * Reserve the disk blocks up front with `posix_fallocate` (default `false`: the file is
-   * sparse and blocks are allocated as rows are written; if the disk fills up while writing
-   * through the mapping, the kernel kills the process with SIGBUS).
+   * Reserve the disk blocks up front with `posix_fallocate`, here and when
+   * {@link MappedArray.resize} grows the file (default `false`: the file is sparse and blocks
+   * are allocated as rows are written; if the disk fills up while writing through the mapping,
+   * the kernel kills the process with SIGBUS). With it, a full disk is an `E_NO_SPACE` error
+   * naming the file, thrown by `create`/`resize`, and writes through views cannot fault.
    */
   allocate?: boolean;
 }
@@ -79,6 +81,11 @@ export interface OpenMappedArrayOptions<D extends DType> {
    * e.g. `keys.npy: expected dtype float32 or float16, found '<i8' (header at byte 10)`.
    */
   dtypes?: readonly D[];
+  /**
+   * Reserve disk blocks with `posix_fallocate` when {@link MappedArray.resize} grows the file
+   * (mode `"r+"`; default `false`). See {@link CreateMappedArrayOptions.allocate}.
+   */
+  allocate?: boolean;
 }
 
 const MAP_FAILED = 0xffff_ffff_ffff_ffffn;
@@ -110,6 +117,8 @@ export class MappedArray<D extends DType = DType> {
   #fd: number;
   #base: Deno.PointerObject | null;
   #mapBytes: number;
+  /** Reserve blocks with posix_fallocate when growing. */
+  #allocate: boolean;
   /** One buffer over the data region, shared by all views; detached on close/resize. */
   #buffer: ArrayBuffer | null = null;
 
@@ -123,6 +132,7 @@ export class MappedArray<D extends DType = DType> {
     fd: number;
     base: Deno.PointerObject;
     mapBytes: number;
+    allocate: boolean;
   }) {
     this.path = init.path;
     this.dtype = init.dtype;
@@ -133,6 +143,7 @@ export class MappedArray<D extends DType = DType> {
     this.#fd = init.fd;
     this.#base = init.base;
     this.#mapBytes = init.mapBytes;
+    this.#allocate = init.allocate;
   }
 
   /**
@@ -167,10 +178,7 @@ export class MappedArray<D extends DType = DType> {
       if (c.ftruncate(fd, BigInt(total)) !== 0) {
         throw errnoError(`${path}: cannot size to ${total} bytes`, undefined, path);
       }
-      if (opts.allocate) {
-        const rc = c.posix_fallocate(fd, 0n, BigInt(total));
-        if (rc !== 0) throw errnoError(`${path}: cannot allocate ${total} bytes`, rc, path);
-      }
+      if (opts.allocate) allocateRange(path, fd, 0, total);
       base = mapFile(path, fd, total, "shared");
       withBytes(base, header.length, (bytes) => bytes.set(header));
     } catch (err) {
@@ -189,6 +197,7 @@ export class MappedArray<D extends DType = DType> {
       fd,
       base,
       mapBytes: total,
+      allocate: opts.allocate ?? false,
     });
   }
 
@@ -238,6 +247,7 @@ export class MappedArray<D extends DType = DType> {
         fd,
         base,
         mapBytes,
+        allocate: opts.allocate ?? false,
       });
     } catch (err) {
       if (base) c.munmap(base, BigInt(mapBytes));
@@ -396,8 +406,12 @@ export class MappedArray<D extends DType = DType> {
     const oldBytes = this.#mapBytes;
     const newBytes = this.dataOffset + dataBytes;
     // Grow the file before the header claims the rows; shrink it only after.
-    if (newBytes > oldBytes && c.ftruncate(this.#fd, BigInt(newBytes)) !== 0) {
-      throw errnoError(`${this.path}: cannot grow to ${newBytes} bytes`, undefined, this.path);
+    if (newBytes > oldBytes) {
+      // Reserve first: a full disk fails here, before the file or its header changed.
+      if (this.#allocate) allocateRange(this.path, this.#fd, oldBytes, newBytes - oldBytes);
+      if (c.ftruncate(this.#fd, BigInt(newBytes)) !== 0) {
+        throw errnoError(`${this.path}: cannot grow to ${newBytes} bytes`, undefined, this.path);
+      }
     }
     this.#invalidate();
     const base = this.#base!;
@@ -523,6 +537,21 @@ function mapFile(
   }
   if (isMapFailed(p)) throw errnoError(`${path}: cannot map ${bytes} bytes`, undefined, path);
   return p!;
+}
+
+/**
+ * Reserves file bytes [offset, offset + length) with `posix_fallocate` (which extends the file
+ * if needed); a full disk or file size limit is `E_NO_SPACE` naming the file.
+ */
+function allocateRange(path: string, fd: number, offset: number, length: number): void {
+  const rc = libc().posix_fallocate(fd, BigInt(offset), BigInt(length));
+  if (rc !== 0) {
+    throw errnoError(
+      `${path}: cannot reserve ${length} bytes on disk at byte ${offset}`,
+      rc,
+      path,
+    );
+  }
 }
 
 /** The first `length` bytes of `fd` (fewer if the file is shorter). */

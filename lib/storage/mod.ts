@@ -37,3 +37,4 @@ export {
   type ViewOf,
 } from "./npy.ts";
 export { f16ArrayToF32, f16ToF32, f32ArrayToF16, f32ToF16 } from "./half.ts";
+export { type DiskSpace, diskSpace, ensureFreeSpace, formatBytes } from "./space.ts";
