@@ -46,7 +46,6 @@ import { OnnxLm } from "../model/runner.ts";
 import { ensureModelFile } from "../model/default_model.ts";
 import { openTokenizer } from "../model/hf_tokenizer.ts";
 import { idsOnlyTokenizer, type Tokenizer } from "../model/tokenizer.ts";
-import { KnnError } from "../core/errors.ts";
 import { TOOLKIT_NAME, TOOLKIT_VERSION, versions } from "../core/version.ts";
 
 /** A pipeline stage. */
