@@ -9,7 +9,7 @@
  * @module
  */
 
-import { FaissIndex, type Vectors } from "../index/mod.ts";
+import { FaissIndex, trainIvfPqToFile, type Vectors } from "../index/mod.ts";
 import { MappedArray } from "../storage/mmap.ts";
 import { datastorePaths, type IndexParams } from "./manifest.ts";
 import { sampleRows } from "./sample.ts";
@@ -167,10 +167,23 @@ export async function trainIndex(opts: TrainIndexOptions): Promise<{ seconds: nu
     : new Float32Array(rows.length * d);
   keys.advise("random");
   for (let i = 0; i < rows.length; i++) sample.set(keys.view(rows[i], rows[i] + 1), i * d);
-  using index = newIndex(d, opts.params);
-  await index.trainAsync(
-    sample instanceof Uint16Array ? { dtype: "float16", data: sample } : sample,
-  );
+  const x = sample instanceof Uint16Array ? { dtype: "float16" as const, data: sample } : sample;
+  const p = opts.params;
+  if (p.m > 0) {
+    // FAISS's IVFPQ training with the PQ sub-quantizers spread over the threads (same codebooks).
+    await trainIvfPqToFile({
+      d,
+      nlist: p.nlist,
+      m: p.m,
+      nbits: p.nbits,
+      metric: p.metric,
+      x,
+      path: paths.trainedIndex,
+    });
+    return { seconds: (performance.now() - t0) / 1000 };
+  }
+  using index = newIndex(d, p);
+  await index.trainAsync(x);
   await index.write(paths.trainedIndex);
   return { seconds: (performance.now() - t0) / 1000 };
 }

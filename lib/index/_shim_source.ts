@@ -475,4 +475,362 @@ KNNLM_API int knnlm_index_set_nprobe(void* index, int64_t nprobe, char* err, siz
 KNNLM_API int knnlm_index_reset(void* index, char* err, size_t errlen) {
   return guarded(err, errlen, [&] { as_index(index)->reset(); });
 }
+
+// =============================================================================================
+// Speed block (issue 11): OpenBLAS thread control and a single-SGEMM probe, IVFPQ training
+// with the PQ sub-quantizers trained in parallel, the kNN-LM vote (log p_kNN and the whole
+// p_kNN distribution) and exact re-ranking of a candidate set. One self-contained block: nothing
+// above depends on it, and it only uses the helpers above (guarded, StdoutToStderr, ...).
+// Wrapped in TypeScript by lib/index/knn_native.ts.
+// =============================================================================================
+#include <faiss/Clustering.h>
+#include <faiss/impl/ProductQuantizer.h>
+#include <faiss/utils/utils.h>
+
+#include <cmath>
+#include <memory>
+#include <mutex>
+
+// OpenBLAS's own controls, weak: with another BLAS they are null and the calls below are no-ops.
+extern "C" {
+void openblas_set_num_threads(int) __attribute__((weak));
+int openblas_get_num_threads(void) __attribute__((weak));
+char* openblas_get_corename(void) __attribute__((weak));
+char* openblas_get_config(void) __attribute__((weak));
+// The Fortran BLAS entry FAISS itself calls (32-bit integers, as FAISS 1.7 is built).
+int sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
+           const float* alpha, const float* a, const int* lda, const float* b, const int* ldb,
+           const float* beta, float* c, const int* ldc);
+}
+
+namespace {
+
+// Sets OpenBLAS's pool size for one scope and restores it afterwards. OpenBLAS's pool is
+// process-wide: calls that overlap (two indexes trained at once) see each other's setting.
+struct BlasThreadsScope {
+  int saved = -1;
+  explicit BlasThreadsScope(int n) {
+    if (n > 0 && openblas_set_num_threads != nullptr && openblas_get_num_threads != nullptr) {
+      int now = openblas_get_num_threads();
+      if (now != n) {
+        saved = now;
+        openblas_set_num_threads(n);
+      }
+    }
+  }
+  ~BlasThreadsScope() {
+    if (saved > 0) openblas_set_num_threads(saved);
+  }
+};
+
+// ProductQuantizer::train (FAISS 1.7.3, Train_default) with the M sub-quantizers spread over
+// the OpenMP pool instead of trained one after another. Each k-means is FAISS's own Clustering
+// with the same parameters and seed, on one thread (its inner parallel loops get a team of one,
+// OpenBLAS runs single-threaded), so the codebooks are the ones FAISS computes, without the
+// two fork/joins and one BLAS call per 4096-point block that make the sequential version
+// spend its time waking threads (dsub is 3 for d 192, m 64: each block is tiny).
+void train_pq_parallel(faiss::ProductQuantizer& pq, size_t n, const float* x) {
+  const int M = static_cast<int>(pq.M);
+  const size_t dsub = pq.dsub;
+  const size_t d = pq.d;
+  BlasThreadsScope one_blas_thread(1);
+  std::mutex mu;
+  std::string first_error;
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int m = 0; m < M; m++) {
+    try {
+      omp_set_num_threads(1);
+      // xslice: [n, dsub], the m-th sub-vector of every training vector
+      std::vector<float> xslice(n * dsub);
+      for (size_t j = 0; j < n; j++) {
+        std::memcpy(xslice.data() + j * dsub, x + j * d + m * dsub, dsub * sizeof(float));
+      }
+      faiss::Clustering clus(static_cast<int>(dsub), static_cast<int>(pq.ksub), pq.cp);
+      faiss::IndexFlatL2 assign(static_cast<faiss::Index::idx_t>(dsub));
+      clus.train(static_cast<faiss::Index::idx_t>(n), xslice.data(), assign);
+      pq.set_params(clus.centroids.data(), m);  // disjoint slice of pq.centroids per m
+    } catch (const std::exception& e) {
+      std::lock_guard<std::mutex> lock(mu);
+      if (first_error.empty()) first_error = e.what();
+    } catch (...) {
+      std::lock_guard<std::mutex> lock(mu);
+      if (first_error.empty()) first_error = "unknown C++ exception in PQ training";
+    }
+  }
+  if (!first_error.empty()) throw std::runtime_error(first_error);
+}
+
+// IndexIVF::train + IndexIVFPQ::train_residual_o of FAISS 1.7.3, step for step, with the PQ
+// step replaced by train_pq_parallel. Only for a plain IndexIVFPQ with default PQ training;
+// returns false (nothing done) for anything else.
+bool train_ivfpq_parallel(faiss::Index* ix, faiss::Index::idx_t n, const float* x) {
+  auto* ivf = dynamic_cast<faiss::IndexIVFPQ*>(ix);
+  if (ivf == nullptr || typeid(*ix) != typeid(faiss::IndexIVFPQ)) return false;
+  if (ivf->pq.train_type != faiss::ProductQuantizer::Train_default ||
+      ivf->do_polysemous_training || ivf->pq.assign_index != nullptr || ivf->pq.M < 2 ||
+      ivf->verbose) {
+    return false;
+  }
+  const size_t d = static_cast<size_t>(ivf->d);
+  ivf->train_q1(n, x, ivf->verbose, ivf->metric_type);
+  size_t nt = static_cast<size_t>(n);
+  const float* xs = faiss::fvecs_maybe_subsample(
+      d, &nt, ivf->pq.cp.max_points_per_centroid * ivf->pq.ksub, x, false, ivf->pq.cp.seed);
+  std::unique_ptr<const float[]> owned_xs(xs == x ? nullptr : xs);
+  const float* trainset = xs;
+  std::vector<float> residuals;
+  if (ivf->by_residual) {
+    std::vector<faiss::Index::idx_t> assign(nt);
+    ivf->quantizer->assign(static_cast<faiss::Index::idx_t>(nt), xs, assign.data());
+    residuals.resize(nt * d);
+    for (size_t i = 0; i < nt; i++) {
+      ivf->quantizer->compute_residual(xs + i * d, residuals.data() + i * d, assign[i]);
+    }
+    trainset = residuals.data();
+  }
+  train_pq_parallel(ivf->pq, nt, trainset);
+  if (ivf->by_residual) ivf->precompute_table();
+  ivf->is_trained = true;
+  return true;
+}
+
+// Checks shared by the kNN-LM vote functions.
+void check_vote_args(const int64_t* labels, const float* distances, int64_t nq, int64_t k,
+                     const int32_t* vals, double temperature) {
+  if (labels == nullptr || distances == nullptr || vals == nullptr) {
+    throw std::invalid_argument("null pointer argument");
+  }
+  if (nq < 0 || k <= 0) throw std::invalid_argument("need nq >= 0 and k > 0");
+  if (!(temperature > 0) || !std::isfinite(temperature)) {
+    throw std::invalid_argument("temperature must be a finite number > 0");
+  }
+}
+
+// Neighbour j's next token, or -1 for FAISS's "no result"; a label past vals is an error.
+inline int32_t neighbour_val(int64_t label, const int32_t* vals, int64_t nvals) {
+  if (label < 0) return -1;
+  if (label >= nvals) {
+    throw std::out_of_range("label " + std::to_string(label) + " >= " +
+                            std::to_string(nvals) + " values");
+  }
+  return vals[label];
+}
+
+// Runs body(q) for q in [0, nq) across the OpenMP pool; the first exception is rethrown.
+template <class Fn>
+void parallel_rows(int64_t nq, Fn&& body) {
+  std::mutex mu;
+  std::string first_error;
+#pragma omp parallel for schedule(static)
+  for (int64_t q = 0; q < nq; q++) {
+    try {
+      body(q);
+    } catch (const std::exception& e) {
+      std::lock_guard<std::mutex> lock(mu);
+      if (first_error.empty()) first_error = e.what();
+    }
+  }
+  if (!first_error.empty()) throw std::runtime_error(first_error);
+}
+
+}  // namespace
+
+// Sets OpenBLAS's thread count (n >= 1) and returns the previous one; -1 (and nothing done)
+// when the BLAS FAISS is linked against is not OpenBLAS.
+KNNLM_API int32_t knnlm_blas_set_num_threads(int32_t n) {
+  if (openblas_set_num_threads == nullptr || openblas_get_num_threads == nullptr) return -1;
+  int32_t prev = openblas_get_num_threads();
+  if (n > 0) openblas_set_num_threads(n);
+  return prev;
+}
+
+// "<core>;<threads>;<config>" of the loaded OpenBLAS (e.g. "Prescott;2;OpenBLAS 0.3.21 ..."),
+// or "" when the BLAS is another one.
+KNNLM_API int knnlm_blas_info(char* buf, size_t buflen, char* err, size_t errlen) {
+  return guarded(err, errlen, [&] {
+    std::string s;
+    if (openblas_get_corename != nullptr && openblas_get_num_threads != nullptr) {
+      s = std::string(openblas_get_corename()) + ";" +
+          std::to_string(openblas_get_num_threads()) + ";" +
+          (openblas_get_config != nullptr ? openblas_get_config() : "");
+    }
+    write_err(buf, buflen, s.c_str());
+  });
+}
+
+// One single-precision GEMM through the BLAS FAISS uses: c = a · b, row-major, a: [m, k],
+// b: [k, n], c: [m, n] (the probe behind the benchmark's SGEMM rate).
+KNNLM_API int knnlm_sgemm(int32_t m, int32_t n, int32_t k, const float* a, const float* b,
+                          float* c, char* err, size_t errlen) {
+  return guarded(err, errlen, [&] {
+    if (m <= 0 || n <= 0 || k <= 0) throw std::invalid_argument("m, n, k must be > 0");
+    if (a == nullptr || b == nullptr || c == nullptr) throw std::invalid_argument("null matrix");
+    const float one = 1, zero = 0;
+    // Row-major c = a·b is column-major cᵀ = bᵀ·aᵀ.
+    sgemm_("N", "N", &n, &m, &k, &one, b, &n, a, &k, &zero, c, &n);
+  });
+}
+
+// Trains index on x: [n, d] in dtype. A plain IndexIVFPQ is trained as FAISS does it, except
+// that the PQ sub-quantizers are trained in parallel (same codebooks); any other index, or an
+// IndexIVFPQ with non-default PQ training, goes through index->train. *parallel is set to 1
+// when the parallel path ran.
+KNNLM_API int knnlm_index_train_parallel(void* index, int64_t n, const void* x, int32_t dtype,
+                                         int32_t* parallel, char* err, size_t errlen) {
+  return guarded(err, errlen, [&] {
+    faiss::Index* ix = as_index(index);
+    check_rows(n, x);
+    std::vector<float> converted;
+    const float* xf;
+    if (dtype == DTYPE_F32) {
+      xf = static_cast<const float*>(x);
+    } else if (dtype == DTYPE_F16) {
+      converted.resize(static_cast<size_t>(n * ix->d));
+      half_to_float(static_cast<const uint16_t*>(x), converted.size(), converted.data());
+      xf = converted.data();
+    } else {
+      throw std::invalid_argument("dtype code must be 0 (float32) or 1 (float16), got " +
+                                  std::to_string(dtype));
+    }
+    StdoutToStderr quiet;  // FAISS prints its clustering warnings on stdout
+    bool done = train_ivfpq_parallel(ix, n, xf);
+    if (!done) ix->train(n, xf);
+    if (parallel != nullptr) *parallel = done ? 1 : 0;
+  });
+}
+
+// log p_kNN(y) per query, as knnLogProb in lib/query/knn_math.ts: log Σ_{j: v_j = y}
+// softmax(−sign·d_j / T)_j over the neighbours with a label ≥ 0, −inf when none votes for y.
+// labels: [nq, k] int64 (−1 = none); distances: [nq, k] float32 (sign −1 turns inner products
+// into distances); vals: [nvals] int32, the datastore's next tokens; targets: [nq] int32;
+// out: [nq] float64. Sums run in neighbour order in double precision, like the JS.
+KNNLM_API int knnlm_knn_log_prob(const int64_t* labels, const float* distances, int64_t nq,
+                                 int64_t k, const int32_t* vals, int64_t nvals,
+                                 const int32_t* targets, double temperature, int32_t sign,
+                                 double* out, char* err, size_t errlen) {
+  return guarded(err, errlen, [&] {
+    check_vote_args(labels, distances, nq, k, vals, temperature);
+    if (targets == nullptr || out == nullptr) throw std::invalid_argument("null output");
+    const double s = sign < 0 ? -1.0 : 1.0;
+    parallel_rows(nq, [&](int64_t q) {
+      const int64_t* lab = labels + q * k;
+      const float* dist = distances + q * k;
+      double max = -std::numeric_limits<double>::infinity();
+      for (int64_t j = 0; j < k; j++) {
+        if (neighbour_val(lab[j], vals, nvals) < 0) continue;
+        double v = -(s * static_cast<double>(dist[j])) / temperature;
+        if (v > max) max = v;
+      }
+      if (max == -std::numeric_limits<double>::infinity()) {
+        out[q] = max;
+        return;
+      }
+      double all = 0, hit = 0;
+      const int32_t y = targets[q];
+      for (int64_t j = 0; j < k; j++) {
+        int32_t v = neighbour_val(lab[j], vals, nvals);
+        if (v < 0) continue;
+        double e = std::exp(-(s * static_cast<double>(dist[j])) / temperature - max);
+        all += e;
+        if (v == y) hit += e;
+      }
+      out[q] = hit > 0 ? std::log(hit / all) : -std::numeric_limits<double>::infinity();
+    });
+  });
+}
+
+// The whole p_kNN distribution per query, as knnDistribution in knn_math.ts: out: [nq, vocab]
+// float64 probabilities (a row of zeros when a query has no neighbour); tokens ≥ vocab count in
+// the normaliser but get no entry.
+KNNLM_API int knnlm_knn_distribution(const int64_t* labels, const float* distances, int64_t nq,
+                                     int64_t k, const int32_t* vals, int64_t nvals,
+                                     int64_t vocab, double temperature, int32_t sign, double* out,
+                                     char* err, size_t errlen) {
+  return guarded(err, errlen, [&] {
+    check_vote_args(labels, distances, nq, k, vals, temperature);
+    if (out == nullptr || vocab <= 0) throw std::invalid_argument("null output or vocab <= 0");
+    const double s = sign < 0 ? -1.0 : 1.0;
+    parallel_rows(nq, [&](int64_t q) {
+      const int64_t* lab = labels + q * k;
+      const float* dist = distances + q * k;
+      double* p = out + q * vocab;
+      std::fill(p, p + vocab, 0.0);
+      double max = -std::numeric_limits<double>::infinity();
+      for (int64_t j = 0; j < k; j++) {
+        if (neighbour_val(lab[j], vals, nvals) >= 0) {
+          max = std::max(max, -(s * static_cast<double>(dist[j])) / temperature);
+        }
+      }
+      if (max == -std::numeric_limits<double>::infinity()) return;
+      double all = 0;
+      for (int64_t j = 0; j < k; j++) {
+        int32_t v = neighbour_val(lab[j], vals, nvals);
+        if (v < 0) continue;
+        double e = std::exp(-(s * static_cast<double>(dist[j])) / temperature - max);
+        all += e;
+        if (v < vocab) p[v] += e;
+      }
+      for (int64_t v = 0; v < vocab; v++) p[v] /= all;
+    });
+  });
+}
+
+// Exact re-ranking: squared L2 from each query to the kc candidate rows its labels name
+// (queries: [nq, d] float32; base: [nbase, d] in dtype, e.g. a mapped keys.npy; labels:
+// [nq, kc], −1 = none), then the k ≤ kc nearest of them, nearest first (equal distances: the
+// smaller row first). out_labels: [nq, k] int64 and out_distances: [nq, k] float32, padded with
+// −1 / +inf when a query has fewer than k candidates.
+KNNLM_API int knnlm_rerank_exact(const float* queries, int64_t nq, int32_t d, const void* base,
+                                 int32_t dtype, int64_t nbase, const int64_t* labels, int64_t kc,
+                                 int64_t k, int64_t* out_labels, float* out_distances, char* err,
+                                 size_t errlen) {
+  return guarded(err, errlen, [&] {
+    if (queries == nullptr || base == nullptr || labels == nullptr || out_labels == nullptr ||
+        out_distances == nullptr) {
+      throw std::invalid_argument("null pointer argument");
+    }
+    if (d <= 0 || k <= 0 || kc < k || nq < 0) {
+      throw std::invalid_argument("need d > 0 and 0 < k <= kc (candidates)");
+    }
+    if (dtype != DTYPE_F32 && dtype != DTYPE_F16) {
+      throw std::invalid_argument("dtype code must be 0 (float32) or 1 (float16), got " +
+                                  std::to_string(dtype));
+    }
+    for (int64_t i = 0; i < nq * kc; i++) {
+      if (labels[i] >= nbase) {
+        throw std::out_of_range("label " + std::to_string(labels[i]) + " >= " +
+                                std::to_string(nbase) + " base rows");
+      }
+    }
+#pragma omp parallel
+    {
+      std::vector<float> row(static_cast<size_t>(d));
+      std::vector<std::pair<float, int64_t>> cand(static_cast<size_t>(kc));
+#pragma omp for schedule(static)
+      for (int64_t q = 0; q < nq; q++) {
+        const float* x = queries + q * d;
+        size_t nc = 0;
+        for (int64_t j = 0; j < kc; j++) {
+          int64_t label = labels[q * kc + j];
+          if (label < 0) continue;
+          const float* y;
+          if (dtype == DTYPE_F32) {
+            y = static_cast<const float*>(base) + label * d;
+          } else {
+            half_to_float(static_cast<const uint16_t*>(base) + label * d, d, row.data());
+            y = row.data();
+          }
+          cand[nc++] = {faiss::fvec_L2sqr(x, y, d), label};
+        }
+        const size_t keep = std::min<size_t>(nc, static_cast<size_t>(k));
+        std::partial_sort(cand.begin(), cand.begin() + keep, cand.begin() + nc);
+        for (int64_t j = 0; j < k; j++) {
+          bool has = static_cast<size_t>(j) < keep;
+          out_labels[q * k + j] = has ? cand[j].second : -1;
+          out_distances[q * k + j] = has ? cand[j].first : std::numeric_limits<float>::infinity();
+        }
+      }
+    }
+  });
+}
 `;
