@@ -833,4 +833,187 @@ KNNLM_API int knnlm_rerank_exact(const float* queries, int64_t nq, int32_t d, co
     }
   });
 }
+
+#include <immintrin.h>
+
+namespace {
+
+// c[i] = a[i] + bf * b[i] rounded exactly as FAISS's fvec_madd in this build (scalar: a
+// product, then a sum). The vector versions keep the two roundings: the empty asm stops the
+// compiler from fusing them into one FMA.
+__attribute__((target("avx512f"))) void madd_avx512(size_t n, const float* a, float bf,
+                                                    const float* b, float* c) {
+  const __m512 vb = _mm512_set1_ps(bf);
+  size_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    __m512 prod = _mm512_mul_ps(vb, _mm512_loadu_ps(b + i));
+    asm("" : "+v"(prod));
+    _mm512_storeu_ps(c + i, _mm512_add_ps(_mm512_loadu_ps(a + i), prod));
+  }
+  for (; i < n; i++) {
+    float prod = bf * b[i];
+    asm("" : "+x"(prod));
+    c[i] = a[i] + prod;
+  }
+}
+
+__attribute__((target("avx2"))) void madd_avx2(size_t n, const float* a, float bf,
+                                               const float* b, float* c) {
+  const __m256 vb = _mm256_set1_ps(bf);
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    __m256 prod = _mm256_mul_ps(vb, _mm256_loadu_ps(b + i));
+    asm("" : "+x"(prod));
+    _mm256_storeu_ps(c + i, _mm256_add_ps(_mm256_loadu_ps(a + i), prod));
+  }
+  for (; i < n; i++) {
+    float prod = bf * b[i];
+    asm("" : "+x"(prod));
+    c[i] = a[i] + prod;
+  }
+}
+
+void madd_scalar(size_t n, const float* a, float bf, const float* b, float* c) {
+  for (size_t i = 0; i < n; i++) c[i] = a[i] + bf * b[i];  // baseline x86-64: no FMA
+}
+
+using MaddFn = void (*)(size_t, const float*, float, const float*, float*);
+
+MaddFn pick_madd() {
+  static const MaddFn fn = [] {
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f")) return &madd_avx512;
+    if (__builtin_cpu_supports("avx2")) return &madd_avx2;
+    return &madd_scalar;
+  }();
+  return fn;
+}
+
+// <x_m, centroid_m[c]> for every m and c, as FAISS's compute_inner_prod_table computes it in
+// this build (fvec_inner_product_ref: a float sum from 0, in dimension order), without a
+// function call per centroid. out: [M, ksub].
+void inner_prod_table(const faiss::ProductQuantizer& pq, const float* x, float* out) {
+  const size_t dsub = pq.dsub;
+  const size_t ksub = pq.ksub;
+  for (size_t m = 0; m < pq.M; m++) {
+    const float* xm = x + m * dsub;
+    const float* y = pq.centroids.data() + m * ksub * dsub;
+    float* o = out + m * ksub;
+    for (size_t c = 0; c < ksub; c++, y += dsub) {
+      float res = 0;
+      for (size_t i = 0; i < dsub; i++) res += xm[i] * y[i];
+      o[c] = res;
+    }
+  }
+}
+
+}  // namespace
+
+// Search of a plain IndexIVFPQ (L2, residual codes of 8 bits, precomputed tables: what the
+// toolkit builds) that returns what IndexIVF::search returns, computed more cheaply for large k:
+// each code's distance is FAISS's own sum, term for term and in the same float order
+// (dis0 + Σ_m (precomputed[list][m][c_m] + -2 · <x_m, centroid_m[c_m]>)), but the table terms
+// are formed only for the codes a list holds instead of for all 256 entries of every
+// sub-quantizer (FAISS's fvec_madd over M · 256 floats per list probed, more than the ~100-200
+// codes a list holds), and the k nearest are selected from all candidates at once instead of
+// through a k-sized heap. Output as FAISS's: ascending (distance, then id), padded with id -1
+// and distance FLT_MAX. Among candidates at exactly the k-th distance the one with the smaller
+// id is kept (FAISS keeps the first scanned). Any other index goes through index->search;
+// *fast says which path ran.
+KNNLM_API int knnlm_ivfpq_search(const void* index, int64_t n, const float* x, int64_t k,
+                                 float* distances, int64_t* labels, int32_t* fast, char* err,
+                                 size_t errlen) {
+  return guarded(err, errlen, [&] {
+    const faiss::Index* ix = as_index(index);
+    check_rows(n, x);
+    if (k <= 0) throw std::invalid_argument("k must be > 0, got " + std::to_string(k));
+    if (distances == nullptr || labels == nullptr) throw std::invalid_argument("null output");
+    const auto* ivf = dynamic_cast<const faiss::IndexIVFPQ*>(ix);
+    const bool eligible = ivf != nullptr && typeid(*ix) == typeid(faiss::IndexIVFPQ) &&
+                          ivf->metric_type == faiss::METRIC_L2 && ivf->by_residual &&
+                          ivf->pq.nbits == 8 && ivf->use_precomputed_table == 1 &&
+                          ivf->polysemous_ht == 0 &&
+                          ivf->precomputed_table.size() == ivf->nlist * ivf->pq.M * ivf->pq.ksub;
+    if (fast != nullptr) *fast = eligible ? 1 : 0;
+    if (!eligible) {
+      ix->search(n, x, k, distances, labels);
+      return;
+    }
+    const size_t d = static_cast<size_t>(ivf->d);
+    const size_t M = ivf->pq.M;
+    const size_t ksub = ivf->pq.ksub;
+    const size_t nprobe = std::min(ivf->nlist, ivf->nprobe);
+    std::vector<faiss::Index::idx_t> coarse_ids(static_cast<size_t>(n) * nprobe);
+    std::vector<float> coarse_dis(static_cast<size_t>(n) * nprobe);
+    ivf->quantizer->search(n, x, static_cast<faiss::Index::idx_t>(nprobe), coarse_dis.data(),
+                           coarse_ids.data());
+    const faiss::InvertedLists* lists = ivf->invlists;
+    std::mutex mu;
+    std::string first_error;
+#pragma omp parallel
+    {
+      std::vector<float> sim2(M * ksub);  // <x_m, centroid_m[c]>, FAISS's init_query_L2
+      std::vector<float> table(M * ksub);  // FAISS's sim_table of one list
+      std::vector<std::pair<float, faiss::Index::idx_t>> cand;
+      const float bf = -2.0f;
+      const MaddFn madd = pick_madd();
+#pragma omp for schedule(dynamic, 8)
+      for (int64_t q = 0; q < n; q++) {
+        try {
+          inner_prod_table(ivf->pq, x + q * d, sim2.data());
+          cand.clear();
+          for (size_t p = 0; p < nprobe; p++) {
+            const faiss::Index::idx_t key = coarse_ids[q * nprobe + p];
+            if (key < 0) continue;
+            const size_t ls = lists->list_size(key);
+            if (ls == 0) continue;
+            faiss::InvertedLists::ScopedCodes codes(lists, key);
+            faiss::InvertedLists::ScopedIds ids(lists, key);
+            const float* pre = ivf->precomputed_table.data() + key * M * ksub;
+            const float dis0 = coarse_dis[q * nprobe + p];
+            const uint8_t* c = codes.get();
+            if (ls >= 32) {
+              // Enough codes to pay for the whole table (vectorised): one lookup per term.
+              madd(M * ksub, pre, bf, sim2.data(), table.data());
+              for (size_t j = 0; j < ls; j++, c += M) {
+                const float* tab = table.data();
+                float r = 0;
+                for (size_t m = 0; m < M; m++, tab += ksub) r += tab[c[m]];
+                cand.emplace_back(dis0 + r, ids.get()[j]);
+              }
+            } else {
+              // A short list: only the table entries its codes use, each rounded as above.
+              for (size_t j = 0; j < ls; j++, c += M) {
+                float r = 0;
+                for (size_t m = 0; m < M; m++) {
+                  const size_t i = m * ksub + c[m];
+                  float prod = bf * sim2[i];
+                  asm("" : "+x"(prod));
+                  r += pre[i] + prod;
+                }
+                cand.emplace_back(dis0 + r, ids.get()[j]);
+              }
+            }
+          }
+          const size_t keep = std::min(cand.size(), static_cast<size_t>(k));
+          if (keep < cand.size()) {
+            std::nth_element(cand.begin(), cand.begin() + (keep - 1), cand.end());
+          }
+          std::sort(cand.begin(), cand.begin() + keep);
+          float* od = distances + q * k;
+          int64_t* ol = labels + q * k;
+          for (size_t j = 0; j < static_cast<size_t>(k); j++) {
+            const bool has = j < keep;
+            od[j] = has ? cand[j].first : std::numeric_limits<float>::max();
+            ol[j] = has ? cand[j].second : -1;
+          }
+        } catch (const std::exception& e) {
+          std::lock_guard<std::mutex> lock(mu);
+          if (first_error.empty()) first_error = e.what();
+        }
+      }
+    }
+    if (!first_error.empty()) throw std::runtime_error(first_error);
+  });
+}
 `;

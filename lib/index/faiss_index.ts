@@ -551,6 +551,19 @@ export class FaissIndex {
     });
   }
 
+  /**
+   * Runs `fn` with the native `faiss::Index*` under this index's busy guard (`"read"` calls may
+   * overlap each other, a `"write"` call has the index to itself), for the shim's entry points
+   * outside this class (`knn_native.ts`). The pointer is valid only until `fn` settles.
+   */
+  withNative<T>(
+    op: string,
+    mode: "read" | "write",
+    fn: (ptr: Deno.PointerObject) => Promise<T>,
+  ): Promise<T> {
+    return this.#async(op, mode, () => fn(this.#ptr!));
+  }
+
   /** Whether `close()` has run. */
   get closed(): boolean {
     return this.#ptr === null;

@@ -243,6 +243,23 @@ const symbols = {
     result: "i32",
     nonblocking: true,
   },
+  // int knnlm_ivfpq_search(const void* index, int64_t n, const float* x, int64_t k, float* distances, int64_t* labels, int32_t* fast, char* err, size_t errlen)
+  knnlm_ivfpq_search_async: {
+    name: "knnlm_ivfpq_search",
+    parameters: [
+      "pointer",
+      "i64",
+      "buffer",
+      "i64",
+      "buffer",
+      "buffer",
+      "buffer",
+      "buffer",
+      "usize",
+    ],
+    result: "i32",
+    nonblocking: true,
+  },
   // ---- end of the speed block -----------------------------------------------------------------
 } as const satisfies Deno.ForeignLibraryInterface;
 

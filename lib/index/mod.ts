@@ -45,6 +45,7 @@ export {
   knnLogProbs,
   knnLogProbsAsync,
   rerankExactAsync,
+  searchIvfPqAsync,
   setBlasThreads,
   sgemm,
   type TokenValues,
