@@ -328,6 +328,7 @@ const EVAL_FLAGS = {
   temperature: { type: "string" },
   lambdas: { type: "string" },
   distance: { type: "string" },
+  rerank: { type: "string" },
   "batch-size": { type: "string" },
   threads: { type: "string" },
   plot: { type: "string" },
@@ -352,6 +353,9 @@ Options:
       --temperature T    softmax temperature on distances (default 1)
       --lambdas LIST     comma-separated λ values (default 0.05,0.1,…,0.5)
       --distance MODE    faiss | exact | both (default both)
+      --rerank N         search N ≥ k candidates and keep the k nearest by exact L2 from
+                         keys.npy as the exact neighbours (for a fast index built with e.g.
+                         --factory IVF1024,PQ64x4fs; default 0: off)
       --batch-size N     windows per model call (default 8)
       --threads N        threads (default: all cores)
       --plot FILE.svg    write perplexity against λ as an SVG plot
@@ -368,6 +372,7 @@ Options:
     "eval.temperature": values.temperature,
     "eval.lambdas": values.lambdas,
     "eval.distance": values.distance,
+    "eval.rerank": values.rerank,
     "batch-size": values["batch-size"],
     threads: values.threads,
     "index.nprobe": values.nprobe,
@@ -400,6 +405,7 @@ Options:
     temperature: config.eval.temperature,
     lambdas: config.eval.lambdas,
     modes: config.eval.distance === "both" ? ["faiss", "exact"] : [config.eval.distance],
+    rerank: config.eval.rerank,
     batchSize: config.batchSize,
     onProgress: (p) => {
       bar ??= new ProgressBar("eval", p.total, { unit: "tok", silent: json });

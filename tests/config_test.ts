@@ -236,7 +236,7 @@ Deno.test("DEFAULT_CONFIG is frozen and describeConfigKeys covers every key with
     (DEFAULT_CONFIG.eval.lambdas as number[]).push(1);
   });
   const rows = describeConfigKeys();
-  assert.equal(rows.length, 27);
+  assert.equal(rows.length, 28); // eval.rerank is the 28th
   const nlist = rows.find((r) => r.key === "index.nlist")!;
   assert.deepEqual(nlist.flags, ["--index.nlist", "--nlist"]);
   assert.equal(nlist.type, "an integer ≥ 1");

@@ -54,6 +54,12 @@ export interface EvalConfig {
   distance: "faiss" | "exact" | "both";
   /** Cap on evaluated tokens; `null` evaluates the whole corpus. */
   maxTokens: number | null;
+  /**
+   * Exact re-ranking: FAISS returns this many candidates (≥ k) and the k nearest by exact L2
+   * from keys.npy are the `exact` neighbours (for a fast approximate index such as
+   * `IVF1024,PQ64x4fs`); 0 = off.
+   */
+  rerank: number;
 }
 
 /** The resolved knnlm configuration: a plain JSON-serialisable object. */
@@ -274,6 +280,12 @@ const SCHEMA: Schema = {
         nullable: true,
         default: 100_000,
         doc: "cap on evaluated tokens (null: whole corpus)",
+      },
+      rerank: {
+        kind: "integer",
+        min: 0,
+        default: 0,
+        doc: "candidates re-ranked by exact L2 from keys.npy (≥ k; 0: off)",
       },
     },
   },

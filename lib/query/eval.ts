@@ -13,6 +13,7 @@
  */
 
 import type { Datastore } from "../datastore/datastore.ts";
+import { KnnError } from "../core/errors.ts";
 import { interpolatedPerplexity, perplexity } from "./knn_math.ts";
 import { planWindows, windowBatch } from "../model/windows.ts";
 import {
@@ -130,8 +131,11 @@ export async function evaluate(opts: EvalOptions): Promise<EvalResult> {
     throw new RangeError(`k = ${k} is larger than the datastore (${ds.size} keys in ${ds.dir})`);
   }
   if (!Number.isInteger(rerank) || (rerank !== 0 && (rerank < k || rerank > ds.size))) {
-    throw new RangeError(
-      `rerank must be 0 (off) or an integer in k..${ds.size} (k = ${k}), found ${rerank}`,
+    throw new KnnError(
+      "E_CONFIG",
+      `eval.rerank: expected 0 (off) or an integer in k..${ds.size} (k = ${k}, the datastore ` +
+        `has ${ds.size} keys), found ${rerank}`,
+      { key: "eval.rerank" },
     );
   }
   if (model.dModel !== ds.keys.rowLength) {
