@@ -384,7 +384,12 @@ Options:
   using ds = await Datastore.open(values.datastore, {
     nprobe: values.nprobe ? config.index.nprobe : undefined,
   });
-  using model = await openDatastoreModel(ds, { threads: config.threads || undefined });
+  // FAISS searches one batch while the model runs the next: ONNX Runtime's threads must not
+  // spin-wait on the cores FAISS is using.
+  using model = await openDatastoreModel(ds, {
+    threads: config.threads || undefined,
+    spinning: false,
+  });
   const corpus = await loadCorpus(config.eval.corpus);
   const tokens = corpus.tokens.subarray(
     0,

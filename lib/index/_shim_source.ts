@@ -775,65 +775,6 @@ KNNLM_API int knnlm_knn_distribution(const int64_t* labels, const float* distanc
   });
 }
 
-// Exact re-ranking: squared L2 from each query to the kc candidate rows its labels name
-// (queries: [nq, d] float32; base: [nbase, d] in dtype, e.g. a mapped keys.npy; labels:
-// [nq, kc], −1 = none), then the k ≤ kc nearest of them, nearest first (equal distances: the
-// smaller row first). out_labels: [nq, k] int64 and out_distances: [nq, k] float32, padded with
-// −1 / +inf when a query has fewer than k candidates.
-KNNLM_API int knnlm_rerank_exact(const float* queries, int64_t nq, int32_t d, const void* base,
-                                 int32_t dtype, int64_t nbase, const int64_t* labels, int64_t kc,
-                                 int64_t k, int64_t* out_labels, float* out_distances, char* err,
-                                 size_t errlen) {
-  return guarded(err, errlen, [&] {
-    if (queries == nullptr || base == nullptr || labels == nullptr || out_labels == nullptr ||
-        out_distances == nullptr) {
-      throw std::invalid_argument("null pointer argument");
-    }
-    if (d <= 0 || k <= 0 || kc < k || nq < 0) {
-      throw std::invalid_argument("need d > 0 and 0 < k <= kc (candidates)");
-    }
-    if (dtype != DTYPE_F32 && dtype != DTYPE_F16) {
-      throw std::invalid_argument("dtype code must be 0 (float32) or 1 (float16), got " +
-                                  std::to_string(dtype));
-    }
-    for (int64_t i = 0; i < nq * kc; i++) {
-      if (labels[i] >= nbase) {
-        throw std::out_of_range("label " + std::to_string(labels[i]) + " >= " +
-                                std::to_string(nbase) + " base rows");
-      }
-    }
-#pragma omp parallel
-    {
-      std::vector<float> row(static_cast<size_t>(d));
-      std::vector<std::pair<float, int64_t>> cand(static_cast<size_t>(kc));
-#pragma omp for schedule(static)
-      for (int64_t q = 0; q < nq; q++) {
-        const float* x = queries + q * d;
-        size_t nc = 0;
-        for (int64_t j = 0; j < kc; j++) {
-          int64_t label = labels[q * kc + j];
-          if (label < 0) continue;
-          const float* y;
-          if (dtype == DTYPE_F32) {
-            y = static_cast<const float*>(base) + label * d;
-          } else {
-            half_to_float(static_cast<const uint16_t*>(base) + label * d, d, row.data());
-            y = row.data();
-          }
-          cand[nc++] = {faiss::fvec_L2sqr(x, y, d), label};
-        }
-        const size_t keep = std::min<size_t>(nc, static_cast<size_t>(k));
-        std::partial_sort(cand.begin(), cand.begin() + keep, cand.begin() + nc);
-        for (int64_t j = 0; j < k; j++) {
-          bool has = static_cast<size_t>(j) < keep;
-          out_labels[q * k + j] = has ? cand[j].second : -1;
-          out_distances[q * k + j] = has ? cand[j].first : std::numeric_limits<float>::infinity();
-        }
-      }
-    }
-  });
-}
-
 #include <immintrin.h>
 
 namespace {
@@ -889,6 +830,60 @@ MaddFn pick_madd() {
   return fn;
 }
 
+// Squared L2 of two float32 rows: AVX-512, AVX2 + FMA, or FAISS's fvec_L2sqr. Used where
+// exact distances are wanted (re-ranking), not FAISS's own rounding.
+__attribute__((target("avx512f"))) float l2sqr_avx512(const float* x, const float* y,
+                                                      size_t d) {
+  __m512 acc = _mm512_setzero_ps();
+  size_t i = 0;
+  for (; i + 16 <= d; i += 16) {
+    const __m512 t = _mm512_sub_ps(_mm512_loadu_ps(x + i), _mm512_loadu_ps(y + i));
+    acc = _mm512_fmadd_ps(t, t, acc);
+  }
+  if (i < d) {
+    const __mmask16 mask = static_cast<__mmask16>((1u << (d - i)) - 1);
+    const __m512 t =
+        _mm512_sub_ps(_mm512_maskz_loadu_ps(mask, x + i), _mm512_maskz_loadu_ps(mask, y + i));
+    acc = _mm512_fmadd_ps(t, t, acc);
+  }
+  alignas(64) float lanes[16];
+  _mm512_store_ps(lanes, acc);
+  float r = 0;
+  for (float v : lanes) r += v;
+  return r;
+}
+
+__attribute__((target("avx2,fma"))) float l2sqr_avx2(const float* x, const float* y, size_t d) {
+  __m256 acc = _mm256_setzero_ps();
+  size_t i = 0;
+  for (; i + 8 <= d; i += 8) {
+    const __m256 t = _mm256_sub_ps(_mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i));
+    acc = _mm256_fmadd_ps(t, t, acc);
+  }
+  const __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+  const __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+  float r = _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1)));
+  for (; i < d; i++) {
+    const float t = x[i] - y[i];
+    r += t * t;
+  }
+  return r;
+}
+
+float l2sqr_faiss(const float* x, const float* y, size_t d) { return faiss::fvec_L2sqr(x, y, d); }
+
+using L2Fn = float (*)(const float*, const float*, size_t);
+
+L2Fn pick_l2() {
+  static const L2Fn fn = [] {
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f")) return &l2sqr_avx512;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return &l2sqr_avx2;
+    return &l2sqr_faiss;
+  }();
+  return fn;
+}
+
 // <x_m, centroid_m[c]> for every m and c, as FAISS's compute_inner_prod_table computes it in
 // this build (fvec_inner_product_ref: a float sum from 0, in dimension order), without a
 // function call per centroid. out: [M, ksub].
@@ -908,6 +903,74 @@ void inner_prod_table(const faiss::ProductQuantizer& pq, const float* x, float* 
 }
 
 }  // namespace
+
+// Exact re-ranking: squared L2 from each query to the kc candidate rows its labels name
+// (queries: [nq, d] float32; base: [nbase, d] in dtype, e.g. a mapped keys.npy; labels:
+// [nq, kc], −1 = none), then the k ≤ kc nearest of them, nearest first (equal distances: the
+// smaller row first). out_labels: [nq, k] int64 and out_distances: [nq, k] float32, padded with
+// −1 / +inf when a query has fewer than k candidates.
+KNNLM_API int knnlm_rerank_exact(const float* queries, int64_t nq, int32_t d, const void* base,
+                                 int32_t dtype, int64_t nbase, const int64_t* labels, int64_t kc,
+                                 int64_t k, int64_t* out_labels, float* out_distances, char* err,
+                                 size_t errlen) {
+  return guarded(err, errlen, [&] {
+    if (queries == nullptr || base == nullptr || labels == nullptr || out_labels == nullptr ||
+        out_distances == nullptr) {
+      throw std::invalid_argument("null pointer argument");
+    }
+    if (d <= 0 || k <= 0 || kc < k || nq < 0) {
+      throw std::invalid_argument("need d > 0 and 0 < k <= kc (candidates)");
+    }
+    if (dtype != DTYPE_F32 && dtype != DTYPE_F16) {
+      throw std::invalid_argument("dtype code must be 0 (float32) or 1 (float16), got " +
+                                  std::to_string(dtype));
+    }
+    for (int64_t i = 0; i < nq * kc; i++) {
+      if (labels[i] >= nbase) {
+        throw std::out_of_range("label " + std::to_string(labels[i]) + " >= " +
+                                std::to_string(nbase) + " base rows");
+      }
+    }
+    const L2Fn l2 = pick_l2();
+    const size_t row_bytes = static_cast<size_t>(d) * (dtype == DTYPE_F32 ? 4 : 2);
+#pragma omp parallel
+    {
+      std::vector<float> row(static_cast<size_t>(d));
+      std::vector<std::pair<float, int64_t>> cand(static_cast<size_t>(kc));
+#pragma omp for schedule(static)
+      for (int64_t q = 0; q < nq; q++) {
+        const float* x = queries + q * d;
+        const int64_t* lab = labels + q * kc;
+        size_t nc = 0;
+        for (int64_t j = 0; j < kc; j++) {
+          // Rows are scattered over the mapped keys: ask for one a few candidates ahead.
+          if (j + 8 < kc && lab[j + 8] >= 0) {
+            const char* ahead = static_cast<const char*>(base) + lab[j + 8] * row_bytes;
+            for (size_t b = 0; b < row_bytes; b += 64) __builtin_prefetch(ahead + b);
+          }
+          int64_t label = lab[j];
+          if (label < 0) continue;
+          const float* y;
+          if (dtype == DTYPE_F32) {
+            y = static_cast<const float*>(base) + label * d;
+          } else {
+            half_to_float(static_cast<const uint16_t*>(base) + label * d, d, row.data());
+            y = row.data();
+          }
+          cand[nc++] = {l2(x, y, d), label};
+        }
+        const size_t keep = std::min<size_t>(nc, static_cast<size_t>(k));
+        std::partial_sort(cand.begin(), cand.begin() + keep, cand.begin() + nc);
+        for (int64_t j = 0; j < k; j++) {
+          bool has = static_cast<size_t>(j) < keep;
+          out_labels[q * k + j] = has ? cand[j].second : -1;
+          out_distances[q * k + j] = has ? cand[j].first : std::numeric_limits<float>::infinity();
+        }
+      }
+    }
+  });
+}
+
 
 // Search of a plain IndexIVFPQ (L2, residual codes of 8 bits, precomputed tables: what the
 // toolkit builds) that returns what IndexIVF::search returns, computed more cheaply for large k:

@@ -204,9 +204,9 @@ export async function evaluate(opts: EvalOptions): Promise<EvalResult> {
         );
       }
       if (knn.exact) {
-        const exact: { labels: BigInt64Array; distances: Float32Array } = rerank
-          ? await rerankExactAsync(queries, keyRows(ds), found.labels, kSearch, k)
-          : { labels: top.labels, distances: await ds.exactDistances(queries, top.labels, k) };
+        // Exact L2 from keys.npy: of FAISS's k neighbours, or the k nearest of its rerank
+        // candidates. (The vote is a sum over neighbours, so their order does not matter.)
+        const exact = await rerankExactAsync(queries, keyRows(ds), found.labels, kSearch, k);
         votes.exact = knnLogProbsAsync({ ...exact, k, vals, temperature: T }, targets);
       }
       for (const mode of modes) {
