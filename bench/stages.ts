@@ -77,11 +77,13 @@ export interface StageEnvironment {
 export interface StageRun {
   rep: number;
   side: Side;
-  /** Per stage: `train`, `trainParallel` (toolkit only), `add`, `search`. */
+  /** Per stage: `train`, `trainParallel` (toolkit only), `add`, `search`, `searchFast` (toolkit). */
   stages: Record<string, StageMeasure>;
   trainedSha256: string;
   trainedParallelSha256?: string;
   labelsSha256: string;
+  /** The toolkit's own IVFPQ search (toolkit only). */
+  searchFastLabelsSha256?: string;
   /** Whole process, as the harness measured it. */
   processWallSeconds: number;
   peakRssAnon?: number;
@@ -127,7 +129,7 @@ export interface StageResults {
   checks: {
     /** Every trained index file (both sides, stock and parallel) has the same bytes. */
     trainedIdentical: boolean;
-    /** The search labels of both sides are the same bytes. */
+    /** The search labels of both sides (and of the toolkit's IVFPQ search) are the same bytes. */
     labelsIdentical: boolean;
   };
 }
@@ -140,7 +142,12 @@ const ROWS: { stage: string; reference: string; label: string }[] = [
     label: "train, toolkit's parallel PQ vs FAISS's",
   },
   { stage: "add", reference: "add", label: "add_with_ids from the mapped .npy" },
-  { stage: "search", reference: "search", label: "search" },
+  { stage: "search", reference: "search", label: "search (FAISS's IndexIVF::search)" },
+  {
+    stage: "searchFast",
+    reference: "search",
+    label: "search, toolkit's IVFPQ search vs FAISS's",
+  },
 ];
 
 /** Medians per stage and the toolkit/reference ratios. */
@@ -287,7 +294,9 @@ export async function runStageBench(
   const hashes = new Set(
     runs.flatMap((r) => [r.trainedSha256, r.trainedParallelSha256].filter((h) => h)),
   );
-  const labels = new Set(runs.map((r) => r.labelsSha256));
+  const labels = new Set(
+    runs.flatMap((r) => [r.labelsSha256, r.searchFastLabelsSha256].filter((h) => h)),
+  );
   if (!s.keysFile) await removeDir(work);
   return {
     schema: 1,
@@ -351,7 +360,8 @@ export function renderStagesMarkdown(res: StageResults): string {
       ? `; OpenBLAS alone picked ${b.detected.core}: ${formatNumber(b.detected.gflops, 0)} GFLOP/s`
       : ""),
     `- trained index files identical on both sides (and for the parallel PQ training): ` +
-    `${res.checks.trainedIdentical}; search labels identical: ${res.checks.labelsIdentical}`,
+    `${res.checks.trainedIdentical}; search labels identical (both sides, and the toolkit's ` +
+    `IVFPQ search): ${res.checks.labelsIdentical}`,
     "",
     "| stage | toolkit wall s | Python wall s | wall ratio | toolkit busiest thread s | " +
     "Python busiest thread s | busiest ratio | toolkit CPU s | Python CPU s | toolkit sys s | " +

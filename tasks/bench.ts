@@ -56,11 +56,12 @@ const DEFAULTS = {
   keys: "",
 };
 
-// Defaults that differ in --stages mode: a quick run (about 3 minutes on 2 idle cores) that
-// still trains, adds and searches enough to show the binding's overhead.
+// Defaults that differ in --stages mode: a quick run (a few minutes on 2 idle cores) that still
+// trains (10k rows: 39 per PQ centroid), adds and searches enough to show the binding's overhead.
 const STAGE_DEFAULTS: Partial<Record<keyof typeof DEFAULTS, number>> = {
   nlist: 256,
-  "train-size": 20_000,
+  "train-size": 10_000,
+  rows: 50_000,
 };
 
 const HELP = `Usage: deno task bench [options]
@@ -104,10 +105,10 @@ Options (defaults in brackets):
 Stage microbenchmark (--stages): FAISS's IVFPQ train, add and search of the same arrays, the
 toolkit's FaissIndex (FFI) against Python FAISS, each its own process, alternating, with the
 same thread environment; plus the toolkit's parallel PQ training. Writes stages.json/.md.
-Uses --reps --threads --nlist [256 here] --m --nbits --nprobe --train-size [20000 here]
+Uses --reps --threads --nlist [256 here] --m --nbits --nprobe --train-size [10000 here]
 --add-chunk --k --seed --wait-policy --blas-core --env --python --work-dir --results-dir, and:
   --stages            run the stage benchmark instead of the pipeline one
-  --rows N            keys added [${DEFAULTS.rows}]
+  --rows N            keys added [${STAGE_DEFAULTS.rows}]
   --queries N         queries searched [${DEFAULTS.queries}]
   --search-batch N    queries per search call [${DEFAULTS["search-batch"]}]
   --keys FILE         a float32 keys.npy to use instead of synthetic d=192 keys`;
