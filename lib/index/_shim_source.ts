@@ -775,13 +775,17 @@ KNNLM_API int knnlm_knn_distribution(const int64_t* labels, const float* distanc
   });
 }
 
+#if defined(__x86_64__)
 #include <immintrin.h>
+#define KNNLM_X86 1
+#endif
 
 namespace {
 
 // c[i] = a[i] + bf * b[i] rounded exactly as FAISS's fvec_madd in this build (scalar: a
 // product, then a sum). The vector versions keep the two roundings: the empty asm stops the
 // compiler from fusing them into one FMA.
+#ifdef KNNLM_X86
 __attribute__((target("avx512f"))) void madd_avx512(size_t n, const float* a, float bf,
                                                     const float* b, float* c) {
   const __m512 vb = _mm512_set1_ps(bf);
@@ -814,24 +818,38 @@ __attribute__((target("avx2"))) void madd_avx2(size_t n, const float* a, float b
   }
 }
 
-void madd_scalar(size_t n, const float* a, float bf, const float* b, float* c) {
-  for (size_t i = 0; i < n; i++) c[i] = a[i] + bf * b[i];  // baseline x86-64: no FMA
+#endif
+
+void madd_faiss(size_t n, const float* a, float bf, const float* b, float* c) {
+  faiss::fvec_madd(n, a, bf, b, c);
 }
 
 using MaddFn = void (*)(size_t, const float*, float, const float*, float*);
 
 MaddFn pick_madd() {
   static const MaddFn fn = [] {
+#ifdef KNNLM_X86
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx512f")) return &madd_avx512;
     if (__builtin_cpu_supports("avx2")) return &madd_avx2;
-    return &madd_scalar;
+#endif
+    return &madd_faiss;
   }();
   return fn;
 }
 
+// One table term as FAISS's fvec_madd rounds it in a build without FMA: a product, then a sum.
+inline float madd_term(float a, float bf, float b) {
+  float prod = bf * b;
+#ifdef KNNLM_X86
+  asm("" : "+x"(prod));
+#endif
+  return a + prod;
+}
+
 // Squared L2 of two float32 rows: AVX-512, AVX2 + FMA, or FAISS's fvec_L2sqr. Used where
 // exact distances are wanted (re-ranking), not FAISS's own rounding.
+#ifdef KNNLM_X86
 __attribute__((target("avx512f"))) float l2sqr_avx512(const float* x, const float* y,
                                                       size_t d) {
   __m512 acc = _mm512_setzero_ps();
@@ -870,22 +888,26 @@ __attribute__((target("avx2,fma"))) float l2sqr_avx2(const float* x, const float
   return r;
 }
 
+#endif
+
 float l2sqr_faiss(const float* x, const float* y, size_t d) { return faiss::fvec_L2sqr(x, y, d); }
 
 using L2Fn = float (*)(const float*, const float*, size_t);
 
 L2Fn pick_l2() {
   static const L2Fn fn = [] {
+#ifdef KNNLM_X86
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx512f")) return &l2sqr_avx512;
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return &l2sqr_avx2;
+#endif
     return &l2sqr_faiss;
   }();
   return fn;
 }
 
-// <x_m, centroid_m[c]> for every m and c, as FAISS's compute_inner_prod_table computes it in
-// this build (fvec_inner_product_ref: a float sum from 0, in dimension order), without a
+// <x_m, centroid_m[c]> for every m and c, as FAISS's compute_inner_prod_table computes it in a
+// build without SIMD (fvec_inner_product_ref: a float sum from 0, in dimension order), without a
 // function call per centroid. out: [M, ksub].
 void inner_prod_table(const faiss::ProductQuantizer& pq, const float* x, float* out) {
   const size_t dsub = pq.dsub;
@@ -900,6 +922,28 @@ void inner_prod_table(const faiss::ProductQuantizer& pq, const float* x, float* 
       o[c] = res;
     }
   }
+}
+
+// Whether the tables above come out bit for bit as this FAISS build's own (its SIMD level
+// decides how it sums and whether it fuses): 0 = not checked yet, 1 = same, 2 = different, in
+// which case FAISS's own compute_inner_prod_table and fvec_madd build every table.
+std::atomic<int> g_own_tables{0};
+
+bool own_tables_match(const faiss::IndexIVFPQ& ivf, const float* x, faiss::Index::idx_t key) {
+  const size_t n = ivf.pq.M * ivf.pq.ksub;
+  std::vector<float> theirs(n), ours(n), t_theirs(n), t_ours(n);
+  ivf.pq.compute_inner_prod_table(x, theirs.data());
+  inner_prod_table(ivf.pq, x, ours.data());
+  const float* pre = ivf.precomputed_table.data() + key * n;
+  faiss::fvec_madd(n, pre, -2.0f, theirs.data(), t_theirs.data());
+  pick_madd()(n, pre, -2.0f, ours.data(), t_ours.data());
+  if (std::memcmp(theirs.data(), ours.data(), n * sizeof(float)) != 0) return false;
+  if (std::memcmp(t_theirs.data(), t_ours.data(), n * sizeof(float)) != 0) return false;
+  for (size_t i = 0; i < n; i++) {
+    const float t = madd_term(pre[i], -2.0f, ours[i]);
+    if (std::memcmp(&t, &t_theirs[i], sizeof t) != 0) return false;
+  }
+  return true;
 }
 
 }  // namespace
@@ -1011,6 +1055,15 @@ KNNLM_API int knnlm_ivfpq_search(const void* index, int64_t n, const float* x, i
     ivf->quantizer->search(n, x, static_cast<faiss::Index::idx_t>(nprobe), coarse_dis.data(),
                            coarse_ids.data());
     const faiss::InvertedLists* lists = ivf->invlists;
+    if (g_own_tables.load() == 0) {
+      for (size_t p = 0; p < nprobe; p++) {
+        if (coarse_ids[p] >= 0) {
+          g_own_tables.store(own_tables_match(*ivf, x, coarse_ids[p]) ? 1 : 2);
+          break;
+        }
+      }
+    }
+    const bool own = g_own_tables.load() == 1;
     std::mutex mu;
     std::string first_error;
 #pragma omp parallel
@@ -1019,11 +1072,15 @@ KNNLM_API int knnlm_ivfpq_search(const void* index, int64_t n, const float* x, i
       std::vector<float> table(M * ksub);  // FAISS's sim_table of one list
       std::vector<std::pair<float, faiss::Index::idx_t>> cand;
       const float bf = -2.0f;
-      const MaddFn madd = pick_madd();
+      const MaddFn madd = own ? pick_madd() : &madd_faiss;
 #pragma omp for schedule(dynamic, 8)
       for (int64_t q = 0; q < n; q++) {
         try {
-          inner_prod_table(ivf->pq, x + q * d, sim2.data());
+          if (own) {
+            inner_prod_table(ivf->pq, x + q * d, sim2.data());
+          } else {
+            ivf->pq.compute_inner_prod_table(x + q * d, sim2.data());
+          }
           cand.clear();
           for (size_t p = 0; p < nprobe; p++) {
             const faiss::Index::idx_t key = coarse_ids[q * nprobe + p];
@@ -1035,7 +1092,7 @@ KNNLM_API int knnlm_ivfpq_search(const void* index, int64_t n, const float* x, i
             const float* pre = ivf->precomputed_table.data() + key * M * ksub;
             const float dis0 = coarse_dis[q * nprobe + p];
             const uint8_t* c = codes.get();
-            if (ls >= 32) {
+            if (ls >= 32 || !own) {
               // Enough codes to pay for the whole table (vectorised): one lookup per term.
               madd(M * ksub, pre, bf, sim2.data(), table.data());
               for (size_t j = 0; j < ls; j++, c += M) {
@@ -1050,9 +1107,7 @@ KNNLM_API int knnlm_ivfpq_search(const void* index, int64_t n, const float* x, i
                 float r = 0;
                 for (size_t m = 0; m < M; m++) {
                   const size_t i = m * ksub + c[m];
-                  float prod = bf * sim2[i];
-                  asm("" : "+x"(prod));
-                  r += pre[i] + prod;
+                  r += madd_term(pre[i], bf, sim2[i]);
                 }
                 cand.emplace_back(dis0 + r, ids.get()[j]);
               }
