@@ -227,6 +227,7 @@ recomputed exactly from keys.npy (the paper's default).`,
       { key: "eval.temperature" },
       { key: "eval.lambdas" },
       { key: "eval.distance" },
+      { key: "eval.rerank" },
       { key: "batchSize" },
       { key: "threads" },
       {
@@ -716,7 +717,12 @@ async function evalCommand(args: ParsedCommandLine) {
   setNumThreads(config.threads > 0 ? config.threads : navigator.hardwareConcurrency || 1);
   using ds = await Datastore.open(dir, { nprobe });
   const tokenizer = await openDatastoreTokenizer(ds, { path: tokenizerOverride(loaded) });
-  using model = await openDatastoreModel(ds, { threads: config.threads || undefined });
+  // FAISS searches one batch while the model runs the next: ONNX Runtime's threads must not
+  // spin-wait on the cores FAISS is using.
+  using model = await openDatastoreModel(ds, {
+    threads: config.threads || undefined,
+    spinning: false,
+  });
   using interrupt = interruptSignal();
   const corpus = await loadCorpus(config.eval.corpus, {
     tokenizer,
@@ -741,6 +747,7 @@ async function evalCommand(args: ParsedCommandLine) {
     temperature: config.eval.temperature,
     lambdas: config.eval.lambdas,
     modes: distanceModes(config.eval.distance),
+    rerank: config.eval.rerank,
     batchSize: config.batchSize,
     onProgress: (p) => {
       bar ??= new ProgressBar("eval", p.total, { unit: "tok", silent: json });

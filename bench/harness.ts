@@ -22,6 +22,7 @@ import {
 import {
   type BenchChecks,
   type BenchResults,
+  type BlasRecord,
   relativeDifference,
   type RepResult,
   type Side,
@@ -29,6 +30,15 @@ import {
 } from "./report.ts";
 import { encodeTokensNpy } from "./tokens.ts";
 import { parseJsonOutput, referenceValues, toolkitValues } from "./outputs.ts";
+import {
+  blasCoreOverride,
+  keyFlopsPerWindowToken,
+  parseCpuFlags,
+  parseModelShape,
+  threadEnvironment,
+} from "./thread_env.ts";
+import type { SgemmProbe } from "./sgemm_probe.ts";
+import { planWindows } from "../lib/model/windows.ts";
 
 /** Settings of one benchmark; the same values go to both sides. */
 export interface BenchSettings {
@@ -66,7 +76,15 @@ export interface BenchSettings {
   intervalMs: number;
   /** Niceness for the children (0: none). */
   nice: number;
-  /** Extra environment variables for both sides (e.g. `OMP_WAIT_POLICY`); they win. */
+  /** `OMP_WAIT_POLICY` for both sides. */
+  waitPolicy: "PASSIVE" | "ACTIVE";
+  /**
+   * OpenBLAS kernels for both sides: `"auto"` forces the family the CPU supports when
+   * OpenBLAS's own detection falls back to a generic core, `"none"` leaves its choice, any
+   * other value is an `OPENBLAS_CORETYPE` for both.
+   */
+  blasCore: string;
+  /** Extra environment variables for both sides (they win over the thread settings). */
   env?: Record<string, string>;
 }
 
@@ -98,7 +116,8 @@ interface RunRecord extends MemoryPeaks {
 
 type Json = Record<string, unknown>;
 
-async function removeDir(path: string) {
+/** Removes a directory tree; a missing one is fine. */
+export async function removeDir(path: string) {
   try {
     await Deno.remove(path, { recursive: true });
   } catch (e) {
@@ -164,15 +183,26 @@ export async function runBench(s: BenchSettings, env: BenchEnvironment): Promise
     env.log(`warning: ${s.corpus} has only ${dsTokens.count} tokens; using all of them`);
   }
 
-  // Same thread count everywhere: the sides' own setting plus the pools they link.
-  const threadEnv = {
-    OMP_NUM_THREADS: String(s.threads),
-    OPENBLAS_NUM_THREADS: String(s.threads),
-    MKL_NUM_THREADS: String(s.threads),
+  // The same explicit thread environment for both sides: every pool they link, the OpenMP wait
+  // policy (so the toolkit loader's PASSIVE default never applies to one side only) and, when
+  // OpenBLAS does not recognise the CPU, the same kernel family for both.
+  const blas = await probeBlas({ ...s, deno: env.deno, root, log: env.log });
+  const threadEnv: Record<string, string> = {
+    ...threadEnvironment({
+      threads: s.threads,
+      waitPolicy: s.waitPolicy,
+      blasCore: blas.forcedCore,
+    }),
     ONNXRUNTIME_NODE_INSTALL_CUDA: "skip",
     PYTHONDONTWRITEBYTECODE: "1",
     ...s.env,
   };
+  env.log(
+    `thread environment (both sides): ${
+      Object.entries(threadEnv).map(([k, v]) => `${k}=${v}`).join(" ")
+    }`,
+  );
+  const gatherFlopsPerKey = await flopsPerKey(modelDir, dsTokens.count, s.seqLen, s.stride);
   const dirOf = (side: Side) => join(work, side === "toolkit" ? "toolkit_ds" : "reference_ds");
   const shared = {
     seqLen: ["--seq-len", String(s.seqLen)],
@@ -326,6 +356,9 @@ export async function runBench(s: BenchSettings, env: BenchEnvironment): Promise
           ? toolkitValues(b.output, e.output)
           : referenceValues(b.output, e.output, s.lambda);
         Object.assign(values, {
+          gatherGflops: values.gatherTokensPerSecond !== undefined && gatherFlopsPerKey
+            ? values.gatherTokensPerSecond * gatherFlopsPerKey / 1e9
+            : undefined,
           buildWallSeconds: b.run.wallSeconds,
           buildPeakHwm: b.run.peakHwm,
           buildPeakRssAnon: b.run.peakRssAnon,
@@ -399,13 +432,14 @@ export async function runBench(s: BenchSettings, env: BenchEnvironment): Promise
     startedAt,
     finishedAt: new Date().toISOString(),
     totalSeconds: (performance.now() - t0) / 1000,
-    machine: { ...machine, loadAverageEnd: loadAverage(), otherCpuShare },
+    machine: { ...machine, loadAverageEnd: loadAverage(), otherCpuShare, blas },
     versions,
     settings: {
       ...s,
       factory: factories.reference ?? factories.toolkit,
       factories,
       threadEnv,
+      gatherFlopsPerKey,
     },
     corpus: { datastore: dsTokens, eval: evTokens },
     reps,
@@ -413,4 +447,91 @@ export async function runBench(s: BenchSettings, env: BenchEnvironment): Promise
     checks,
     runs: runs as unknown as Record<string, unknown>[],
   };
+}
+
+function readOr(path: string): string {
+  try {
+    return Deno.readTextFileSync(path);
+  } catch {
+    return "";
+  }
+}
+
+/** What {@link probeBlas} needs: the sides' thread settings and where deno is. */
+export interface BlasProbeOptions {
+  /** Threads per side. */
+  threads: number;
+  /** `OMP_WAIT_POLICY` of both sides. */
+  waitPolicy: "PASSIVE" | "ACTIVE";
+  /** `"auto"`, `"none"` or an `OPENBLAS_CORETYPE` (see {@link BenchSettings.blasCore}). */
+  blasCore: string;
+  /** Extra environment for both sides. */
+  env?: Record<string, string>;
+  /** Deno executable. */
+  deno: string;
+  /** Repository root. */
+  root: string;
+  /** Progress lines. */
+  log: (line: string) => void;
+}
+
+/**
+ * Runs `bench/sgemm_probe.ts` under the sides' thread settings: once as OpenBLAS detects the
+ * CPU, and, when `blasCore` asks for it, once more with the forced kernel family.
+ */
+export async function probeBlas(o: BlasProbeOptions): Promise<BlasRecord> {
+  const probe = async (core?: string): Promise<SgemmProbe> => {
+    const probeEnv = {
+      ...threadEnvironment({ threads: o.threads, waitPolicy: o.waitPolicy, blasCore: core }),
+      ...o.env,
+    };
+    const run = await runMeasured({
+      command: o.deno,
+      args: ["run", "-A", "bench/sgemm_probe.ts", "--threads", String(o.threads)],
+      cwd: o.root,
+      env: probeEnv,
+      intervalMs: 100,
+    });
+    if (run.code !== 0) {
+      throw new Error(`SGEMM probe failed (exit ${run.code}):\n${tail(run.stderr)}`);
+    }
+    return parseJsonOutput(run.stdout) as SgemmProbe;
+  };
+  const detected = await probe();
+  let forcedCore: string | undefined;
+  if (o.blasCore === "auto") {
+    forcedCore = blasCoreOverride(detected.core, parseCpuFlags(readOr("/proc/cpuinfo")));
+  } else if (o.blasCore !== "none") {
+    forcedCore = o.blasCore;
+  }
+  const used = forcedCore ? await probe(forcedCore) : detected;
+  o.log(
+    `SGEMM (${o.threads} threads): ${detected.gflops.toFixed(0)} GFLOP/s with OpenBLAS's ` +
+      `${detected.core} kernels` +
+      (forcedCore
+        ? `; ${used.gflops.toFixed(0)} GFLOP/s with ${used.core} (both sides use it)`
+        : ""),
+  );
+  return { detected, used, forcedCore };
+}
+
+/** The model FLOPs behind one key of the gather (see keyFlopsPerWindowToken), or undefined. */
+async function flopsPerKey(
+  modelDir: string,
+  nTokens: number,
+  seqLen: number,
+  stride: number,
+): Promise<number | undefined> {
+  let text: string;
+  try {
+    text = await Deno.readTextFile(join(modelDir, "config.json"));
+  } catch {
+    return undefined; // no config.json (toolkit side alone with another model): no GFLOP/s
+  }
+  const plan = planWindows(nTokens, seqLen, stride);
+  const perToken = keyFlopsPerWindowToken(
+    parseModelShape(text, join(modelDir, "config.json")),
+    plan.length,
+  );
+  return perToken * plan.count * plan.length / plan.positions;
 }

@@ -6,6 +6,7 @@
  */
 
 import type { MachineInfo } from "./machine.ts";
+import type { SgemmProbe } from "./sgemm_probe.ts";
 import {
   describeRatio,
   formatMiB,
@@ -29,7 +30,7 @@ export interface MetricDef {
   /** Row label; `{k}` is replaced by the number of neighbours. */
   label: string;
   /** Unit of the values. */
-  unit: "tok/s" | "s" | "bytes" | "CPU s";
+  unit: "tok/s" | "s" | "bytes" | "CPU s" | "GFLOP/s";
   /** Decides whether a higher or lower ratio is better. */
   kind: MetricKind;
   /** Headline metrics come first in the table; the others follow under "details". */
@@ -42,6 +43,13 @@ export const METRICS: readonly MetricDef[] = [
     key: "gatherTokensPerSecond",
     label: "gather",
     unit: "tok/s",
+    kind: "throughput",
+    headline: true,
+  },
+  {
+    key: "gatherGflops",
+    label: "gather, model FLOPs achieved",
+    unit: "GFLOP/s",
     kind: "throughput",
     headline: true,
   },
@@ -173,7 +181,7 @@ export function summarize(
 export function formatValue(x: number | undefined, unit: MetricDef["unit"]): string {
   if (unit === "bytes") return formatMiB(x);
   if (unit === "tok/s") return formatNumber(x, 0);
-  if (unit === "CPU s") return formatNumber(x, 1);
+  if (unit === "CPU s" || unit === "GFLOP/s") return formatNumber(x, 1);
   return formatNumber(x, 2);
 }
 
@@ -195,6 +203,16 @@ export interface BenchChecks {
   keys?: Record<string, unknown>;
 }
 
+/** The BLAS both sides ran with: what OpenBLAS chose itself and what was used. */
+export interface BlasRecord {
+  /** The SGEMM probe under OpenBLAS's own CPU detection. */
+  detected: SgemmProbe;
+  /** The probe under the kernels both sides ran with (equal to `detected` unless forced). */
+  used: SgemmProbe;
+  /** The `OPENBLAS_CORETYPE` both sides got, if any. */
+  forcedCore?: string;
+}
+
 /** Everything `latest.json` holds. */
 export interface BenchResults {
   /** Layout version of this file. */
@@ -203,7 +221,7 @@ export interface BenchResults {
   finishedAt: string;
   /** Seconds the whole benchmark took. */
   totalSeconds: number;
-  machine: MachineInfo;
+  machine: MachineInfo & { blas?: BlasRecord };
   /** Versions each side reported. */
   versions: Partial<Record<Side, Record<string, string>>>;
   /** The settings used (the same for both sides). */
@@ -253,12 +271,12 @@ export function renderMarkdown(res: BenchResults): string {
     "|---|---:|---:|---:|---|",
   ];
   const c = res.checks;
-  const extraEnv = (s.env ?? {}) as Record<string, string>;
-  const envLine = Object.keys(extraEnv).length
-    ? `- extra environment for both sides: ${
-      Object.entries(extraEnv).map(([k, v]) => `\`${k}=${v}\``).join(", ")
-    }`
-    : "";
+  const threadEnv = (s.threadEnv ?? {}) as Record<string, string>;
+  const envLine = `- thread environment, the same for both sides: ${
+    Object.entries(threadEnv).filter(([k]) => /THREADS|OMP_|OPENBLAS|MKL/.test(k))
+      .map(([k, v]) => `\`${k}=${v}\``).join(", ")
+  }`;
+  const blasLines = blasReport(m.blas, res.summary, s.threads as number);
   const pct = (x: number | undefined) => x === undefined ? "—" : `${(x * 100).toFixed(3)} %`;
   const checkLines: string[] = [];
   if (c.lmPerplexity) {
@@ -307,7 +325,13 @@ export function renderMarkdown(res: BenchResults): string {
     `- threads: ${s.threads} per side; ${s.reps} repetition${s.reps === 1 ? "" : "s"}, ` +
     `sides alternating; ` +
     `medians below; took ${formatNumber(res.totalSeconds, 0)} s`,
-    ...(envLine ? [envLine] : []),
+    envLine,
+    ...blasLines,
+    "- what the toolkit does differently inside that environment: IVFPQ training trains the " +
+    "PQ sub-quantizers in parallel, one per thread with OpenBLAS at 1 thread for that step " +
+    "(FAISS's codebooks, byte for byte); eval searches with the toolkit's IVFPQ search " +
+    "(FAISS's results, bit for bit), computes p_kNN natively, and keeps ONNX Runtime's " +
+    "threads from spinning while FAISS runs beside them",
     "",
     ...(busy
       ? [
@@ -338,4 +362,35 @@ export function renderMarkdown(res: BenchResults): string {
     "pass/fail tests.",
     "",
   ].join("\n");
+}
+
+/** Lines on the BLAS and the machine's SGEMM rate, and how close the gather comes to it. */
+export function blasReport(
+  blas: BlasRecord | undefined,
+  summary: readonly SummaryRow[],
+  threads: number,
+): string[] {
+  if (!blas) return [];
+  const { detected, used, forcedCore } = blas;
+  const lines = [
+    `- single SGEMM (${used.size}², ${threads} threads, the OpenBLAS FAISS and PyTorch use): ` +
+    `${formatNumber(used.gflops, 0)} GFLOP/s with ${used.core} kernels` +
+    (forcedCore
+      ? `; OpenBLAS's own detection picked ${detected.core} (${
+        formatNumber(detected.gflops, 0)
+      } GFLOP/s), so both sides ran with \`OPENBLAS_CORETYPE=${forcedCore}\``
+      : ""),
+  ];
+  const g = summary.find((r) => r.key === "gatherGflops");
+  if (g && used.gflops > 0) {
+    const pct = (x: number | undefined) =>
+      x === undefined ? "—" : `${(100 * x / used.gflops).toFixed(0)} %`;
+    lines.push(
+      `- gather: ${formatNumber(g.toolkit.median, 1)} (toolkit) and ${
+        formatNumber(g.reference.median, 1)
+      } (reference) GFLOP/s of model FLOPs needed for the keys = ${pct(g.toolkit.median)} and ` +
+        `${pct(g.reference.median)} of that SGEMM rate`,
+    );
+  }
+  return lines;
 }

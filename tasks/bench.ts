@@ -5,7 +5,11 @@
  * bench/results/latest.md and prints the Markdown.
  *
  *   deno task bench [--tokens N] [--eval-tokens N] [--reps N] [--threads N] [--nlist N] …
+ *   deno task bench --stages [--rows N] [--queries N] [--keys FILE] …
  *
+ * `--stages` runs the stage microbenchmark instead (bench/stages.ts): FAISS train, add and
+ * search of the same arrays through the toolkit's binding and from Python, paired, and writes
+ * bench/results/stages.json and stages.md.
  * @module
  */
 
@@ -14,6 +18,7 @@ import { join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { type BenchSettings, runBench } from "../bench/harness.ts";
 import { renderMarkdown, type Side, SIDES } from "../bench/report.ts";
+import { renderStagesMarkdown, runStageBench, type StageSettings } from "../bench/stages.ts";
 
 const DEFAULTS = {
   corpus: "brown:train",
@@ -43,6 +48,20 @@ const DEFAULTS = {
   python: "/usr/bin/python3",
   "interval-ms": 20,
   nice: 0,
+  "wait-policy": "PASSIVE",
+  "blas-core": "auto",
+  rows: 100_000,
+  queries: 2048,
+  "search-batch": 1024,
+  keys: "",
+};
+
+// Defaults that differ in --stages mode: a quick run (a few minutes on 2 idle cores) that still
+// trains (10k rows: 39 per PQ centroid), adds and searches enough to show the binding's overhead.
+const STAGE_DEFAULTS: Partial<Record<keyof typeof DEFAULTS, number>> = {
+  nlist: 256,
+  "train-size": 10_000,
+  rows: 50_000,
 };
 
 const HELP = `Usage: deno task bench [options]
@@ -75,10 +94,24 @@ Options (defaults in brackets):
   --python PATH       Python with torch, faiss, numpy [${DEFAULTS.python}]
   --interval-ms N     /proc sampling interval [${DEFAULTS["interval-ms"]}]
   --nice N            run both sides under nice -n N [0: not]
-  --env KEY=VALUE     extra environment for both sides, repeatable (e.g.
-                      OMP_WAIT_POLICY=PASSIVE on a machine shared with other work)
+  --wait-policy P     OMP_WAIT_POLICY for both sides, PASSIVE or ACTIVE [${DEFAULTS["wait-policy"]}]
+  --blas-core C       OpenBLAS kernels for both sides: auto (force the family the CPU
+                      supports when OpenBLAS falls back to a generic core), none (its own
+                      choice) or an OPENBLAS_CORETYPE name [${DEFAULTS["blas-core"]}]
+  --env KEY=VALUE     extra environment for both sides, repeatable (wins over the above)
   --keep              keep the datastores in --work-dir
-  -h, --help          this help`;
+  -h, --help          this help
+
+Stage microbenchmark (--stages): FAISS's IVFPQ train, add and search of the same arrays, the
+toolkit's FaissIndex (FFI) against Python FAISS, each its own process, alternating, with the
+same thread environment; plus the toolkit's parallel PQ training. Writes stages.json/.md.
+Uses --reps --threads --nlist [256 here] --m --nbits --nprobe --train-size [10000 here]
+--add-chunk --k --seed --wait-policy --blas-core --env --python --work-dir --results-dir, and:
+  --stages            run the stage benchmark instead of the pipeline one
+  --rows N            keys added [${STAGE_DEFAULTS.rows}]
+  --queries N         queries searched [${DEFAULTS.queries}]
+  --search-batch N    queries per search call [${DEFAULTS["search-batch"]}]
+  --keys FILE         a float32 keys.npy to use instead of synthetic d=192 keys`;
 
 const INT_FLAGS = [
   "tokens",
@@ -98,12 +131,16 @@ const INT_FLAGS = [
   "k",
   "interval-ms",
   "nice",
+  "rows",
+  "queries",
+  "search-batch",
 ] as const;
 
 function main(argv: string[]): Promise<number> | number {
   const options = Object.fromEntries([
     ...Object.keys(DEFAULTS).map((k) => [k, { type: "string" }]),
     ["keep", { type: "boolean" }],
+    ["stages", { type: "boolean" }],
     ["env", { type: "string", multiple: true }],
     ["help", { type: "boolean", short: "h" }],
   ]) as Record<string, { type: "string" | "boolean"; short?: string; multiple?: boolean }>;
@@ -118,8 +155,10 @@ function main(argv: string[]): Promise<number> | number {
     console.log(HELP);
     return 0;
   }
+  const stages = !!values.stages;
   const str = (k: keyof typeof DEFAULTS) =>
-    (values[k] as string | undefined) ?? String(DEFAULTS[k]);
+    (values[k] as string | undefined) ??
+      String((stages ? STAGE_DEFAULTS[k] : undefined) ?? DEFAULTS[k]);
   const ints: Record<string, number> = {};
   for (const k of INT_FLAGS) {
     const n = Number(str(k));
@@ -141,6 +180,16 @@ function main(argv: string[]): Promise<number> | number {
     console.error(`error: --sides: expected toolkit, reference or both, found '${str("sides")}'`);
     return 2;
   }
+  const waitPolicy = str("wait-policy").toUpperCase();
+  if (waitPolicy !== "PASSIVE" && waitPolicy !== "ACTIVE") {
+    console.error(`error: --wait-policy: expected PASSIVE or ACTIVE, found '${waitPolicy}'`);
+    return 2;
+  }
+  const blasCore = str("blas-core");
+  if (!/^[A-Za-z0-9_]+$/.test(blasCore)) {
+    console.error(`error: --blas-core: expected auto, none or a core name, found '${blasCore}'`);
+    return 2;
+  }
   const env: Record<string, string> = {};
   for (const kv of (values.env as string[] | undefined) ?? []) {
     const eq = kv.indexOf("=");
@@ -150,13 +199,36 @@ function main(argv: string[]): Promise<number> | number {
     }
     env[kv.slice(0, eq)] = kv.slice(eq + 1);
   }
+  const threads = ints.threads || navigator.hardwareConcurrency || 1;
+  if (stages) {
+    return runStages({
+      rows: ints.rows,
+      d: 192,
+      queries: ints.queries,
+      trainSize: ints["train-size"],
+      nlist: ints.nlist,
+      m: ints.m,
+      nbits: ints.nbits,
+      nprobe: ints.nprobe,
+      k: ints.k,
+      addChunk: ints["add-chunk"],
+      searchBatch: ints["search-batch"],
+      threads,
+      reps: ints.reps,
+      seed: ints.seed,
+      waitPolicy,
+      blasCore,
+      keysFile: str("keys") || undefined,
+      env,
+    }, values);
+  }
   const settings: BenchSettings = {
     corpus: str("corpus"),
     evalCorpus: str("eval-corpus"),
     tokens: ints.tokens,
     evalTokens: ints["eval-tokens"],
     reps: ints.reps,
-    threads: ints.threads || navigator.hardwareConcurrency || 1,
+    threads,
     seqLen: ints["seq-len"],
     stride: ints.stride,
     batchSize: ints["batch-size"],
@@ -173,9 +245,45 @@ function main(argv: string[]): Promise<number> | number {
     modelDir: str("model-dir"),
     intervalMs: ints["interval-ms"],
     nice: ints.nice,
+    waitPolicy,
+    blasCore,
     env,
   };
   return run(settings, values);
+}
+
+async function writeResults(dir: string, files: [string, string][]) {
+  await Deno.mkdir(dir, { recursive: true });
+  for (const [name, text] of files) {
+    const path = join(dir, name);
+    await Deno.writeTextFile(`${path}.tmp`, text);
+    await Deno.rename(`${path}.tmp`, path);
+  }
+}
+
+async function runStages(settings: StageSettings, values: Record<string, unknown>) {
+  const root = fileURLToPath(new URL("..", import.meta.url));
+  const resultsDir = resolve(root, (values["results-dir"] as string) ?? DEFAULTS["results-dir"]);
+  try {
+    const results = await runStageBench(settings, {
+      root,
+      workDir: resolve(root, (values["work-dir"] as string) ?? DEFAULTS["work-dir"]),
+      python: (values.python as string) ?? DEFAULTS.python,
+      deno: Deno.execPath(),
+      log: (line) => console.error(line),
+    });
+    const md = renderStagesMarkdown(results);
+    await writeResults(resultsDir, [
+      ["stages.json", JSON.stringify(results, null, 2) + "\n"],
+      ["stages.md", md],
+    ]);
+    console.log(md);
+    console.error(`results: ${join(resultsDir, "stages.json")}, ${join(resultsDir, "stages.md")}`);
+    return 0;
+  } catch (e) {
+    console.error(`error: ${(e as Error).message}`);
+    return 1;
+  }
 }
 
 async function run(settings: BenchSettings, values: Record<string, unknown>): Promise<number> {
@@ -191,17 +299,10 @@ async function run(settings: BenchSettings, values: Record<string, unknown>): Pr
       log: (line) => console.error(line),
     });
     const md = renderMarkdown(results);
-    await Deno.mkdir(resultsDir, { recursive: true });
-    for (
-      const [name, text] of [
-        ["latest.json", JSON.stringify(results, null, 2) + "\n"],
-        ["latest.md", md],
-      ]
-    ) {
-      const path = join(resultsDir, name);
-      await Deno.writeTextFile(`${path}.tmp`, text);
-      await Deno.rename(`${path}.tmp`, path);
-    }
+    await writeResults(resultsDir, [
+      ["latest.json", JSON.stringify(results, null, 2) + "\n"],
+      ["latest.md", md],
+    ]);
     console.log(md);
     console.error(`results: ${join(resultsDir, "latest.json")}, ${join(resultsDir, "latest.md")}`);
     return 0;

@@ -5,7 +5,18 @@ import { foldPeaks, parsePidCpuSeconds, parseProcStatus, readProcStatus } from "
 import { parseCpuModel, parseMemTotal, parseSystemCpu } from "../bench/machine.ts";
 import { encodeTokensNpy } from "../bench/tokens.ts";
 import { numberAt, parseJsonOutput, referenceValues, toolkitValues } from "../bench/outputs.ts";
-import { type RepResult, summarize } from "../bench/report.ts";
+import { blasReport, type RepResult, summarize } from "../bench/report.ts";
+import {
+  blasCoreForFlags,
+  blasCoreOverride,
+  keyFlopsPerWindowToken,
+  parseCpuFlags,
+  parseModelShape,
+  threadEnvironment,
+} from "../bench/thread_env.ts";
+import { encodeFloat32Npy, gaussianMixture } from "../bench/tokens.ts";
+import { type StageRun, summarizeStages } from "../bench/stages.ts";
+import { parseNpyHeader } from "../lib/storage/npy.ts";
 
 Deno.test("median takes the middle value, or the mean of the two middle ones", () => {
   assert.equal(median([3, 1, 2]), 2);
@@ -195,4 +206,125 @@ Deno.test("the summary holds each side's median and the ratio of the medians", (
   assert.equal(row.reference.median, 6);
   assert.equal(row.ratio, 0.5);
   assert.equal(row.verdict, "2.00× faster");
+});
+
+Deno.test("both sides get every thread pool pinned, and a BLAS core only when one is chosen", () => {
+  assert.deepEqual(threadEnvironment({ threads: 2, waitPolicy: "PASSIVE" }), {
+    OMP_WAIT_POLICY: "PASSIVE",
+    OMP_NUM_THREADS: "2",
+    OPENBLAS_NUM_THREADS: "2",
+    MKL_NUM_THREADS: "2",
+  });
+  const env = threadEnvironment({ threads: 4, waitPolicy: "ACTIVE", blasCore: "Haswell" });
+  assert.equal(env.OPENBLAS_CORETYPE, "Haswell");
+  assert.equal(env.OMP_WAIT_POLICY, "ACTIVE");
+  // An empty OPENBLAS_CORETYPE is not "unset" to OpenBLAS: it must never be written.
+  assert.equal(
+    "OPENBLAS_CORETYPE" in threadEnvironment({ threads: 1, waitPolicy: "PASSIVE", blasCore: "" }),
+    false,
+  );
+});
+
+Deno.test("a generic OpenBLAS core is replaced by the family the CPU flags allow, a real one is kept", () => {
+  const flags = parseCpuFlags(
+    "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma avx512f avx512cd avx512bw avx512dq avx512vl\n",
+  );
+  assert.equal(blasCoreForFlags(flags), "SkylakeX");
+  assert.equal(blasCoreForFlags(new Set([...flags, "avx512_bf16"])), "Cooperlake");
+  assert.equal(blasCoreForFlags(new Set(["avx2", "fma"])), "Haswell");
+  assert.equal(blasCoreForFlags(new Set(["sse2", "avx"])), undefined);
+  assert.equal(blasCoreOverride("Prescott", flags), "SkylakeX");
+  assert.equal(blasCoreOverride("Zen", flags), undefined);
+  assert.equal(blasCoreOverride("Prescott", new Set(["sse2"])), undefined);
+});
+
+Deno.test("the gather's model FLOPs per window token count attention, projections and all but the last FFN", () => {
+  const shape = parseModelShape(
+    '{"vocab_size": 256, "context": 256, "d_model": 192, "n_layers": 4, "n_heads": 6, "d_ff": 768}',
+  );
+  assert.deepEqual(shape, { nLayers: 4, dModel: 192, dFf: 768, vocab: 256 });
+  // 4 × (8·192² + 4·256·192) + 3 × 4·192·768
+  assert.equal(keyFlopsPerWindowToken(shape, 256), 4 * (294_912 + 196_608) + 3 * 589_824);
+  assert.throws(
+    () => parseModelShape('{"d_model": 0}', "m/config.json"),
+    /m\/config\.json.*n_layers/,
+  );
+});
+
+Deno.test("float32 matrices are written as .npy files the toolkit's reader parses back", () => {
+  const values = gaussianMixture(5, 3, 2, 7);
+  assert.deepEqual(values, gaussianMixture(5, 3, 2, 7));
+  assert.notDeepEqual(values, gaussianMixture(5, 3, 2, 8));
+  const bytes = encodeFloat32Npy(values, 5, 3);
+  const h = parseNpyHeader(bytes);
+  assert.equal(h.dtype, "<f4");
+  assert.deepEqual(h.shape, [5, 3]);
+  assert.equal(h.dataOffset % 64, 0);
+  assert.deepEqual(new Float32Array(bytes.slice(h.dataOffset).buffer), values);
+  assert.throws(() => encodeFloat32Npy(values, 4, 3), /15 values, expected 4 × 3/);
+});
+
+Deno.test("stage medians pair the toolkit's parallel training with the reference's training", () => {
+  const stage = (wall: number, busy: number) => ({
+    wall,
+    user: wall,
+    sys: 0.5,
+    busiestThread: busy,
+    activeThreads: 2,
+  });
+  const runs: StageRun[] = [0, 1, 2].flatMap((rep): StageRun[] => [
+    {
+      rep,
+      side: "toolkit" as const,
+      stages: {
+        train: stage(10 + rep, 8),
+        trainParallel: stage(6, 3 + rep),
+        add: stage(2, 1),
+        search: stage(1, 0.5),
+      },
+      trainedSha256: "a",
+      trainedParallelSha256: "a",
+      labelsSha256: "l",
+      processWallSeconds: 20,
+    },
+    {
+      rep,
+      side: "reference" as const,
+      stages: { train: stage(12, 8), add: stage(4, 2), search: stage(1, 0.5) },
+      trainedSha256: "a",
+      labelsSha256: "l",
+      processWallSeconds: 20,
+    },
+  ]);
+  const rows = summarizeStages(runs);
+  const by = Object.fromEntries(rows.map((r) => [r.stage, r]));
+  assert.equal(by.train.toolkit.wall, 11);
+  assert.equal(by.train.reference.wall, 12);
+  assert.equal(by.trainParallel.wallRatio, 0.5);
+  assert.equal(by.trainParallel.busiestRatio, 4 / 8);
+  assert.equal(by.add.cpuRatio, 2.5 / 4.5);
+  assert.equal(by.search.wallRatio, 1);
+});
+
+Deno.test("the BLAS lines give the SGEMM rate, the forced core and the gather's share of it", () => {
+  const probe = (core: string, gflops: number) => ({
+    core,
+    threads: 2,
+    size: 2048,
+    gflops,
+    calls: 5,
+  });
+  const row = summarize([
+    { rep: 0, side: "toolkit", values: { gatherGflops: 200 } },
+    { rep: 0, side: "reference", values: { gatherGflops: 50 } },
+  ]);
+  const lines = blasReport(
+    { detected: probe("Prescott", 60), used: probe("Cooperlake", 250), forcedCore: "Cooperlake" },
+    row,
+    2,
+  );
+  assert.match(lines[0], /250 GFLOP\/s with Cooperlake kernels/);
+  assert.match(lines[0], /picked Prescott \(60 GFLOP\/s\).*OPENBLAS_CORETYPE=Cooperlake/);
+  assert.match(lines[1], /200\.0 \(toolkit\) and 50\.0 \(reference\).*= 80 % and 20 %/);
+  assert.deepEqual(blasReport(undefined, row, 2), []);
 });

@@ -55,6 +55,12 @@ export interface EvalConfig {
   distance: "faiss" | "exact" | "both";
   /** Cap on evaluated tokens; `null` evaluates the whole corpus. */
   maxTokens: number | null;
+  /**
+   * Exact re-ranking: FAISS returns this many candidates (≥ k) and the k nearest by exact L2
+   * from keys.npy are the `exact` neighbours (for a fast approximate index such as
+   * `IVF1024,PQ64x4fs`); 0 = off.
+   */
+  rerank: number;
 }
 
 /** The resolved knnlm configuration: a plain JSON-serialisable object. */
@@ -405,6 +411,12 @@ const SCHEMA = {
         nullable: true,
         default: 100_000,
         doc: "cap on evaluated tokens; null: the whole corpus",
+      },
+      rerank: {
+        kind: "integer",
+        min: 0,
+        default: 0,
+        doc: "candidates re-ranked by exact L2 from keys.npy (≥ k; 0: off)",
       },
     },
   },

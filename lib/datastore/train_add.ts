@@ -55,6 +55,11 @@ export function planIndex(
     // Ids are row numbers: IVF indexes store them; anything else needs an IDMap around it.
     const factory = /IVF|IDMap/.test(req.factory) ? req.factory : `IDMap,${req.factory}`;
     const ivf = /IVF(\d+)/.exec(factory);
+    // 4-bit fast-scan codes (PQ…x4fs) live in FAISS's block lists, which cannot be on disk.
+    const fastScan = /x4fsr?(,|$)/.test(factory);
+    if (fastScan && req.invlists === "disk") {
+      warnings.push(`${factory}: fast-scan lists cannot be on disk; keeping them in memory`);
+    }
     return {
       params: {
         factory,
@@ -66,7 +71,7 @@ export function planIndex(
         trainSize,
         addChunk,
         seed,
-        invlists: ivf ? invlists : "memory",
+        invlists: ivf && !fastScan ? invlists : "memory",
       },
       warnings,
     };

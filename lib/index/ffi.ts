@@ -18,7 +18,19 @@ import { buildShim, findCachedShim, findToolchain, LIB_ENV } from "./build.ts";
 // small fixed buffers (err, outputs, ids, strings) are "buffer". Calls that can run long have a
 // nonblocking twin, `<name>_async`, on a Deno worker thread.
 const TRAIN = {
-  parameters: ["pointer", "i64", "pointer", "i32", "pointer", "buffer", "usize", "buffer", "usize"],
+  parameters: [
+    "pointer",
+    "i64",
+    "pointer",
+    "i32",
+    "pointer",
+    "i32",
+    "buffer",
+    "buffer",
+    "usize",
+    "buffer",
+    "usize",
+  ],
   result: "i32",
 } as const;
 const ADD = {
@@ -84,7 +96,7 @@ const symbols = {
     parameters: ["pointer", "buffer", "usize", "buffer", "usize"],
     result: "i32",
   },
-  // int knnlm_index_train(void* index, int64_t n, const void* x, int32_t dtype, const int32_t* cancel, char* warnings, size_t warnlen, char* err, size_t errlen)
+  // int knnlm_index_train(void* index, int64_t n, const void* x, int32_t dtype, const int32_t* cancel, int32_t parallel_pq, int32_t* parallel_ran, char* warnings, size_t warnlen, char* err, size_t errlen)
   knnlm_index_train: TRAIN,
   knnlm_index_train_async: { ...TRAIN, name: "knnlm_index_train", nonblocking: true },
   // int knnlm_index_add(void* index, int64_t n, const void* x, int32_t dtype, const int64_t* ids, const int32_t* cancel, char* err, size_t errlen)
@@ -114,6 +126,111 @@ const symbols = {
   knnlm_index_set_nprobe: { parameters: ["pointer", "i64", "buffer", "usize"], result: "i32" },
   // int knnlm_index_reset(void* index, char* err, size_t errlen)
   knnlm_index_reset: { parameters: ["pointer", "buffer", "usize"], result: "i32" },
+
+  // ---- Speed block (issue 11), wrapped by knn_native.ts --------------------------------------
+  // int32_t knnlm_blas_set_num_threads(int32_t n)
+  knnlm_blas_set_num_threads: { parameters: ["i32"], result: "i32" },
+  // int knnlm_blas_info(char* buf, size_t buflen, char* err, size_t errlen)
+  knnlm_blas_info: { parameters: ["buffer", "usize", "buffer", "usize"], result: "i32" },
+  // int knnlm_sgemm(int32_t m, int32_t n, int32_t k, const float* a, const float* b, float* c, char* err, size_t errlen)
+  knnlm_sgemm: {
+    parameters: ["i32", "i32", "i32", "buffer", "buffer", "buffer", "buffer", "usize"],
+    result: "i32",
+  },
+  // int knnlm_knn_log_prob(const int64_t* labels, const float* distances, int64_t nq, int64_t k, const int32_t* vals, int64_t nvals, const int32_t* targets, double temperature, int32_t sign, double* out, char* err, size_t errlen)
+  knnlm_knn_log_prob: {
+    parameters: [
+      "buffer",
+      "buffer",
+      "i64",
+      "i64",
+      "pointer",
+      "i64",
+      "buffer",
+      "f64",
+      "i32",
+      "buffer",
+      "buffer",
+      "usize",
+    ],
+    result: "i32",
+  },
+  knnlm_knn_log_prob_async: {
+    name: "knnlm_knn_log_prob",
+    parameters: [
+      "buffer",
+      "buffer",
+      "i64",
+      "i64",
+      "pointer",
+      "i64",
+      "buffer",
+      "f64",
+      "i32",
+      "buffer",
+      "buffer",
+      "usize",
+    ],
+    result: "i32",
+    nonblocking: true,
+  },
+  // int knnlm_knn_distribution(const int64_t* labels, const float* distances, int64_t nq, int64_t k, const int32_t* vals, int64_t nvals, int64_t vocab, double temperature, int32_t sign, double* out, char* err, size_t errlen)
+  knnlm_knn_distribution: {
+    parameters: [
+      "buffer",
+      "buffer",
+      "i64",
+      "i64",
+      "pointer",
+      "i64",
+      "i64",
+      "f64",
+      "i32",
+      "buffer",
+      "buffer",
+      "usize",
+    ],
+    result: "i32",
+  },
+  // int knnlm_rerank_exact(const float* queries, int64_t nq, int32_t d, const void* base, int32_t dtype, int64_t nbase, const int64_t* labels, int64_t kc, int64_t k, int64_t* out_labels, float* out_distances, char* err, size_t errlen)
+  knnlm_rerank_exact_async: {
+    name: "knnlm_rerank_exact",
+    parameters: [
+      "buffer",
+      "i64",
+      "i32",
+      "pointer",
+      "i32",
+      "i64",
+      "buffer",
+      "i64",
+      "i64",
+      "buffer",
+      "buffer",
+      "buffer",
+      "usize",
+    ],
+    result: "i32",
+    nonblocking: true,
+  },
+  // int knnlm_ivfpq_search(const void* index, int64_t n, const float* x, int64_t k, float* distances, int64_t* labels, int32_t* fast, char* err, size_t errlen)
+  knnlm_ivfpq_search_async: {
+    name: "knnlm_ivfpq_search",
+    parameters: [
+      "pointer",
+      "i64",
+      "buffer",
+      "i64",
+      "buffer",
+      "buffer",
+      "buffer",
+      "buffer",
+      "usize",
+    ],
+    result: "i32",
+    nonblocking: true,
+  },
+  // ---- end of the speed block -----------------------------------------------------------------
 } as const satisfies Deno.ForeignLibraryInterface;
 
 /** The opened shim library. */

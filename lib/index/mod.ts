@@ -41,3 +41,18 @@ export {
   type VectorDType,
   type Vectors,
 } from "./faiss_index.ts";
+export {
+  type BlasInfo,
+  blasInfo,
+  knnDistributions,
+  knnLogProbs,
+  knnLogProbsAsync,
+  rerankExactAsync,
+  searchIvfPqAsync,
+  setBlasThreads,
+  sgemm,
+  type TokenValues,
+  type TrainIvfPqOptions,
+  trainIvfPqToFile,
+  type VoteBatch,
+} from "./knn_native.ts";

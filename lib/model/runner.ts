@@ -21,6 +21,12 @@ export interface OnnxLmOptions {
   logitsOutput?: string;
   /** ONNX Runtime intra-op threads; 0 lets ONNX Runtime use all cores (default 0). */
   threads?: number;
+  /**
+   * Whether ONNX Runtime's intra-op threads spin while waiting for work (its default, true).
+   * Turn it off when other thread pools run beside the model (evaluation overlaps FAISS
+   * searches with the next batch): spinning threads then only take CPU from them.
+   */
+  spinning?: boolean;
   /** ONNX Runtime graph optimization level (default `"all"`). */
   graphOptimizationLevel?: "disabled" | "basic" | "extended" | "all";
   /** Cache directory for models with an exposed intermediate key tensor. */
@@ -159,6 +165,9 @@ export class OnnxLm {
       interOpNumThreads: 1,
       executionMode: "sequential",
       graphOptimizationLevel: options.graphOptimizationLevel ?? "all",
+      ...(options.spinning === false
+        ? { extra: { session: { intra_op: { allow_spinning: "0" } } } }
+        : {}),
     });
     const meta = (name: string) => session.outputMetadata.find((m) => m.name === name);
     const staticLast = (name: string, declared: TensorType | null | undefined) => {

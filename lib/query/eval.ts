@@ -3,13 +3,26 @@
  * every position from the datastore, p_kNN from FAISS's distances and from exact L2
  * recomputed against `keys.npy`, and perplexity for the base LM and for each λ of a sweep.
  *
+ * The loop is a pipeline: while FAISS searches one batch of windows (and the native vote turns
+ * its neighbours into p_kNN for all its positions at once), ONNX Runtime already runs the next
+ * batch. The toolkit's own IVFPQ index is searched by `searchIvfPqAsync` (FAISS's results,
+ * computed with less work for large k). With `rerank`, FAISS returns more candidates than `k` (e.g. from a 4-bit fast-scan
+ * index) and the exact top-k of them, by L2 recomputed from `keys.npy`, are the neighbours.
+ *
  * @module
  */
 
 import type { Datastore } from "../datastore/datastore.ts";
-import { interpolatedPerplexity, knnLogProb, perplexity } from "./knn_math.ts";
+import { KnnError } from "../core/errors.ts";
+import { interpolatedPerplexity, perplexity } from "./knn_math.ts";
 import { planWindows, windowBatch } from "../model/windows.ts";
 import { DEFAULT_CONFIG, type EvalConfig } from "../config/mod.ts";
+import {
+  knnLogProbsAsync,
+  rerankExactAsync,
+  searchIvfPqAsync,
+  type VoteBatch,
+} from "../index/knn_native.ts";
 
 /** What evaluation needs from a model: logits and keys for a batch of windows. */
 export interface ScoringModel {
@@ -44,6 +57,13 @@ export interface EvalOptions {
   lambdas?: number[];
   /** Distance modes to compute. Default: `DEFAULT_CONFIG.eval.distance` ("both": both). */
   modes?: DistanceMode[];
+  /**
+   * Exact re-ranking: FAISS returns this many candidates (≥ k) per position, and the k nearest
+   * of them by exact L2 from `keys.npy` are the neighbours of the `exact` mode (the `faiss`
+   * mode keeps FAISS's own first k). Meant for a fast approximate index (`IVF…,PQ…x4fs`).
+   * Default 0: off (exact distances of FAISS's top k).
+   */
+  rerank?: number;
   /** Window length. Default: the datastore's. */
   seqLen?: number;
   /** Window stride. Default: the datastore's. */
@@ -78,6 +98,8 @@ export interface EvalResult {
   modes: Partial<Record<DistanceMode, ModeResult>>;
   /** Neighbours per query. */
   k: number;
+  /** Candidates per query re-ranked exactly (0: no re-ranking). */
+  rerank: number;
   /** nprobe used. */
   nprobe: number;
   /** Seconds spent and throughput. */
@@ -104,9 +126,18 @@ export async function evaluate(opts: EvalOptions): Promise<EvalResult> {
   const seqLen = opts.seqLen ?? ds.manifest.gather.seqLen;
   const stride = opts.stride ?? ds.manifest.gather.stride;
   const batchSize = opts.batchSize ?? DEFAULT_CONFIG.batchSize;
+  const rerank = opts.rerank ?? DEFAULT_CONFIG.eval.rerank;
   if (!Number.isInteger(k) || k < 1) throw new RangeError(`k must be an integer ≥ 1, found ${k}`);
   if (k > ds.size) {
     throw new RangeError(`k = ${k} is larger than the datastore (${ds.size} keys in ${ds.dir})`);
+  }
+  if (!Number.isInteger(rerank) || (rerank !== 0 && (rerank < k || rerank > ds.size))) {
+    throw new KnnError(
+      "E_CONFIG",
+      `eval.rerank: expected 0 (off) or an integer in k..${ds.size} (k = ${k}, the datastore ` +
+        `has ${ds.size} keys), found ${rerank}`,
+      { key: "eval.rerank" },
+    );
   }
   if (model.dModel !== ds.keys.rowLength) {
     throw new Error(
@@ -126,15 +157,19 @@ export async function evaluate(opts: EvalOptions): Promise<EvalResult> {
     const { first, count, tokens: input } = windowBatch(plan, tokens, batchSize, b);
     return { first, nw: count, out: model.run(input, count, L) };
   };
-  const neighbourVals = new Int32Array(k);
+  // vals.npy stays mapped while the datastore is open; the native vote reads it in place.
+  const vals = { pointer: ds.vals.pointer(0), length: ds.size };
+  const sign = ds.manifest.index?.metric === "ip" ? -1 : 1;
+  const kSearch = rerank || k;
   let pending: ReturnType<typeof launch> | undefined = launch(0);
   try {
     for (let b = 0; b < nBatches; b++) {
       opts.signal?.throwIfAborted();
       const { first, nw, out } = pending!;
       const { logits, keys } = await out;
+      // ONNX Runtime starts on the next batch while FAISS works on this one.
       pending = b + 1 < nBatches ? launch(b + 1) : undefined;
-      // Collect this batch's new positions: LM log-prob of the true next token and the query.
+      // This batch's new positions: LM log-prob of the true next token, the query, the target.
       let nq = 0;
       for (let j = 0; j < nw; j++) {
         const w = plan.at(first + j);
@@ -142,6 +177,7 @@ export async function evaluate(opts: EvalOptions): Promise<EvalResult> {
       }
       const queries = new Float32Array(nq * d);
       const positions = new Int32Array(nq);
+      const targets = new Int32Array(nq);
       let q = 0;
       for (let j = 0; j < nw; j++) {
         const w = plan.at(first + j);
@@ -149,6 +185,7 @@ export async function evaluate(opts: EvalOptions): Promise<EvalResult> {
           const row = j * L + (p - w.start);
           queries.set(keys.subarray(row * d, row * d + d), q * d);
           positions[q] = p;
+          targets[q] = tokens[p + 1];
           const lo = logits.subarray(row * V, row * V + V);
           let max = -Infinity;
           for (let v = 0; v < V; v++) if (lo[v] > max) max = lo[v];
@@ -157,31 +194,26 @@ export async function evaluate(opts: EvalOptions): Promise<EvalResult> {
           lm[p] = lo[tokens[p + 1]] - max - Math.log(sum);
         }
       }
-      const { distances, labels } = await ds.index.searchAsync(queries, k);
-      const exact = knn.exact ? await ds.exactDistances(queries, labels, k) : undefined;
-      for (let i = 0; i < nq; i++) {
-        const y = tokens[positions[i] + 1];
-        for (let j = 0; j < k; j++) {
-          const label = Number(labels[i * k + j]);
-          neighbourVals[j] = label < 0 ? -1 : ds.val(label);
-        }
-        if (knn.faiss) {
-          const dist = distances.subarray(i * k, i * k + k);
-          knn.faiss[positions[i]] = knnLogProb(
-            ds.voteDistances(dist),
-            neighbourVals,
-            y,
-            T,
-          );
-        }
-        if (knn.exact && exact) {
-          knn.exact[positions[i]] = knnLogProb(
-            exact.subarray(i * k, i * k + k),
-            neighbourVals,
-            y,
-            T,
-          );
-        }
+      // labels, distances: [nq, kSearch], FAISS's order (nearest first by its estimate).
+      const found = await searchIvfPqAsync(ds.index, queries, kSearch);
+      const top = kSearch === k ? found : firstColumns(found, nq, kSearch, k);
+      const votes: Partial<Record<DistanceMode, Promise<Float64Array>>> = {};
+      if (knn.faiss) {
+        votes.faiss = knnLogProbsAsync(
+          { ...top, k, vals, sign, temperature: T } satisfies VoteBatch,
+          targets,
+        );
+      }
+      if (knn.exact) {
+        // Exact L2 from keys.npy: of FAISS's k neighbours, or the k nearest of its rerank
+        // candidates. (The vote is a sum over neighbours, so their order does not matter.)
+        const exact = await rerankExactAsync(queries, keyRows(ds), found.labels, kSearch, k);
+        votes.exact = knnLogProbsAsync({ ...exact, k, vals, temperature: T }, targets);
+      }
+      for (const mode of modes) {
+        const lp = await votes[mode]!;
+        const dst = knn[mode]!;
+        for (let i = 0; i < nq; i++) dst[positions[i]] = lp[i];
       }
       opts.onProgress?.({ done: positions[nq - 1] + 1, total: n });
     }
@@ -195,6 +227,7 @@ export async function evaluate(opts: EvalOptions): Promise<EvalResult> {
     lambdas,
     modes: {},
     k,
+    rerank,
     nprobe: ds.manifest.index?.nlist ? ds.index.nprobe : 0,
     seconds: 0,
     tokensPerSecond: 0,
@@ -220,4 +253,30 @@ export async function evaluate(opts: EvalOptions): Promise<EvalResult> {
   result.seconds = (performance.now() - t0) / 1000;
   result.tokensPerSecond = n / result.seconds;
   return result;
+}
+
+// The first k of every row of [nq, kc] search results.
+function firstColumns(
+  r: { labels: BigInt64Array; distances: Float32Array },
+  nq: number,
+  kc: number,
+  k: number,
+): { labels: BigInt64Array; distances: Float32Array } {
+  const labels = new BigInt64Array(nq * k);
+  const distances = new Float32Array(nq * k);
+  for (let i = 0; i < nq; i++) {
+    labels.set(r.labels.subarray(i * kc, i * kc + k), i * k);
+    distances.set(r.distances.subarray(i * kc, i * kc + k), i * k);
+  }
+  return { labels, distances };
+}
+
+// The datastore's keys as rows the native re-ranking reads in place.
+function keyRows(ds: Datastore) {
+  return {
+    pointer: ds.keys.pointer(0),
+    rows: ds.keys.rows,
+    d: ds.keys.rowLength,
+    dtype: ds.keys.dtype === "<f2" ? "float16" as const : "float32" as const,
+  };
 }

@@ -72,11 +72,12 @@ export async function openDatastoreTokenizer(
 
 /**
  * Opens the model a datastore was built with, refusing a file whose sha256 differs from the
- * one recorded in `datastore.json`. `path` overrides the recorded location.
+ * one recorded in `datastore.json`. `path` overrides the recorded location; `spinning: false`
+ * keeps ONNX Runtime's idle threads from spinning (for evaluation, where FAISS runs beside it).
  */
 export async function openDatastoreModel(
   ds: Datastore,
-  opts: { path?: string; threads?: number } = {},
+  opts: { path?: string; threads?: number; spinning?: boolean } = {},
 ): Promise<OnnxLm> {
   const m = ds.manifest.model;
   const path = opts.path ?? m.path;
@@ -102,6 +103,7 @@ export async function openDatastoreModel(
     keyTensor: m.keyTensor,
     logitsOutput: m.logitsOutput,
     threads: opts.threads,
+    spinning: opts.spinning,
   });
 }
 
