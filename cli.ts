@@ -244,7 +244,7 @@ out. SIGINT/SIGTERM stop accepting, let the requests in flight finish and exit 0
         value: { kind: "string" },
         arg: "HOST",
         default: "127.0.0.1",
-        doc: "interface to listen on (0.0.0.0: every interface, reachable by others)",
+        doc: "interface to listen on; 0.0.0.0 opens it to the network",
       },
       {
         name: "port",

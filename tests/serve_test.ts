@@ -173,6 +173,15 @@ Deno.test("/v1/next gives KnnLm.next's distributions and the corpus around each 
   });
 });
 
+Deno.test("a datastore that cannot be opened fails serve and frees the port", async () => {
+  const probe = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = probe.addr.port;
+  probe.close();
+  await assert.rejects(serve({ datastore: join(tmp.path, "nowhere"), port }), /no datastore\.json/);
+  using again = Deno.listen({ hostname: "127.0.0.1", port }); // free again
+  assert.equal(again.addr.port, port);
+});
+
 Deno.test("/v1/info says what `knn info --json` says, plus the defaults and bounds", async () => {
   const { dir } = await tiny();
   await using server = await serve({ datastore: dir, port: 0, limits: { maxK: 100 } });

@@ -171,7 +171,10 @@ async function readJson(req: Request, limits: ServeLimits): Promise<unknown> {
   }
 }
 
-type Route = { method: "GET" | "POST"; run: (req: Request) => Promise<Response> | Response };
+type Route = {
+  method: "GET" | "POST";
+  run: (req: Request, api: KnnApi) => Promise<Response> | Response;
+};
 
 /**
  * Starts `knn serve`: opens the datastore and model, then listens.
@@ -194,21 +197,23 @@ type Route = { method: "GET" | "POST"; run: (req: Request) => Promise<Response> 
 export async function serve(opts: ServeOptions): Promise<KnnServer> {
   const hostname = opts.hostname ?? "127.0.0.1";
   const port = opts.port ?? 8080;
-  const api = await KnnApi.open(opts);
-  const limits = api.limits;
   const loopbackOnly = LOOPBACK.has(hostname);
   const inFlight = new Set<Promise<Response>>();
   let draining = false;
+  // The port is taken first, so a busy port fails before the model is loaded; requests that
+  // come in meanwhile wait for the API.
+  const opened = Promise.withResolvers<KnnApi>();
+  opened.promise.catch(() => {});
 
   const routes: Record<string, Route> = {
-    "/v1/info": { method: "GET", run: () => json(200, api.info()) },
+    "/v1/info": { method: "GET", run: (_req, api) => json(200, api.info()) },
     "/v1/next": {
       method: "POST",
-      run: async (req) => json(200, await api.next(await readJson(req, limits) as never)),
+      run: async (req, api) => json(200, await api.next(await readJson(req, api.limits) as never)),
     },
     "/v1/score": {
       method: "POST",
-      run: async (req) => json(200, await api.score(await readJson(req, limits) as never)),
+      run: async (req, api) => json(200, await api.score(await readJson(req, api.limits) as never)),
     },
   };
 
@@ -269,7 +274,7 @@ export async function serve(opts: ServeOptions): Promise<KnnServer> {
           );
         }
       }
-      return await route.run(req);
+      return await route.run(req, await opened.promise);
     } catch (e) {
       if (e instanceof HttpError) return errorResponse(e);
       if (KnnError.is(e, "E_USAGE") && e.key) {
@@ -289,7 +294,6 @@ export async function serve(opts: ServeOptions): Promise<KnnServer> {
       return p;
     });
   } catch (e) {
-    api.close();
     const where = `${hostname}:${port}`;
     if (e instanceof Deno.errors.AddrInUse) {
       throw new KnnError("E_IO", `${where}: address already in use`, {
@@ -302,6 +306,15 @@ export async function serve(opts: ServeOptions): Promise<KnnServer> {
     }
     throw new KnnError("E_IO", `${where}: cannot listen (${(e as Error).message})`, { cause: e });
   }
+  let api: KnnApi;
+  try {
+    api = await KnnApi.open(opts);
+  } catch (e) {
+    opened.reject(e);
+    await server.shutdown();
+    throw e;
+  }
+  opened.resolve(api);
   const addr = server.addr;
   const shown = addr.hostname.includes(":") ? `[${addr.hostname}]` : addr.hostname;
 
