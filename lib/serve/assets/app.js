@@ -74,6 +74,17 @@ function fmtP(p) {
   return p >= 0.001 ? p.toFixed(3) : p.toExponential(1);
 }
 
+/** A perplexity: 3 decimals, or 4 significant digits in exponent form when huge. */
+function fmtPpl(v) {
+  if (v === null || !Number.isFinite(v)) return "∞";
+  return v >= 1e5 ? v.toExponential(3) : v.toFixed(3);
+}
+
+/** A token label as shown: a space as ␣ (labels are printable already, `\n` escaped). */
+function showLabel(label) {
+  return label === " " ? "␣" : label;
+}
+
 function fmtBits(b) {
   if (b === -Infinity) return "−∞ bits";
   return `${b >= 0 ? "+" : "−"}${Math.abs(b).toFixed(2)} bits`;
@@ -173,18 +184,18 @@ function renderSummary(score) {
   const change = p.mix === null ? "" : ` (${((p.mix / p.lm - 1) * 100).toFixed(1)}%)`;
   $("summary").replaceChildren(
     `${score.lm.length} predictions · LM perplexity `,
-    el("b", {}, p.lm.toFixed(3)),
+    el("b", {}, fmtPpl(p.lm)),
     ` · kNN-LM at λ = ${score.lambda}: `,
-    el("b", {}, p.mix === null ? "∞" : p.mix.toFixed(3)),
+    el("b", {}, fmtPpl(p.mix)),
     change,
     ` · best λ ${p.best.lambda} → `,
-    el("b", {}, p.best.perplexity.toFixed(3)),
+    el("b", {}, fmtPpl(p.best.perplexity)),
     ` · no neighbour votes for the true token at ${(p.missRate * 100).toFixed(0)}% of positions`,
   );
 }
 
 function renderCurve(score) {
-  const W = 560, H = 210, L = 48, R = 14, T = 12, B = 34;
+  const W = 560, H = 210, L = 62, R = 14, T = 14, B = 34;
   const p = score.perplexity;
   const pts = p.lambdas.map((l, i) => [l, p.sweep[i]]).filter(([, y]) => Number.isFinite(y));
   const ys = [...pts.map(([, y]) => y), p.lm];
@@ -204,9 +215,8 @@ function renderCurve(score) {
   for (let j = 0; j <= 4; j++) {
     const v = lo + (j / 4) * (hi - lo);
     g.append(svg("line", { class: "grid", x1: L, x2: W - R, y1: y(v), y2: y(v) }));
-    g.append(
-      svg("text", { class: "tick", x: L - 6, y: y(v) + 4, "text-anchor": "end" }, v.toFixed(2)),
-    );
+    const tick = hi >= 1e5 ? v.toExponential(2) : v.toFixed(hi - lo < 0.5 ? 3 : 2);
+    g.append(svg("text", { class: "tick", x: L - 6, y: y(v) + 4, "text-anchor": "end" }, tick));
   }
   for (const l of [0, 0.25, 0.5, 0.75, 1]) {
     g.append(
@@ -227,7 +237,7 @@ function renderCurve(score) {
     svg(
       "text",
       { class: "tick", x: W - R - 4, y: y(p.lm) - 5, "text-anchor": "end" },
-      `LM alone ${p.lm.toFixed(3)}`,
+      `LM alone ${fmtPpl(p.lm)}`,
     ),
   );
   const d = pts.map(([l, v], i) => `${i ? "L" : "M"}${x(l).toFixed(1)},${y(v).toFixed(1)}`).join(
@@ -241,12 +251,13 @@ function renderCurve(score) {
     g.append(svg("circle", { class: "dot", cx: x(score.lambda), cy: y(p.mix), r: 4 }));
   }
   g.append(svg("circle", { class: "best", cx: x(p.best.lambda), cy: y(p.best.perplexity), r: 5 }));
+  const below = y(p.best.perplexity) < H - B - 24;
   g.append(svg("text", {
     class: "tick",
     x: x(p.best.lambda),
-    y: y(p.best.perplexity) + 18,
-    "text-anchor": p.best.lambda > 0.8 ? "end" : "middle",
-  }, `best λ ${p.best.lambda}: ${p.best.perplexity.toFixed(3)}`));
+    y: y(p.best.perplexity) + (below ? 20 : -10),
+    "text-anchor": p.best.lambda > 0.8 ? "end" : p.best.lambda < 0.2 ? "start" : "middle",
+  }, `best λ ${p.best.lambda}: ${fmtPpl(p.best.perplexity)}`));
   $("curve").replaceChildren(g);
 }
 
@@ -292,6 +303,8 @@ async function loadDetails(i) {
     const next = await call("/v1/next", request, ctl.signal);
     if (ctl.signal.aborted) return;
     renderDetails(score, i, next);
+    box.dataset.pos = String(i);
+    box.dataset.lambda = String(next.lambda);
     box.dataset.state = "ready";
   } catch (e) {
     if (ctl.signal.aborted) return;
@@ -310,8 +323,11 @@ function distList(name, title, items, target) {
     bar.style.width = `${(100 * t.p) / max}%`;
     return el(
       "li",
-      { class: t.id === target ? "target" : "", data: { id: String(t.id), p: String(t.p) } },
-      el("code", {}, t.label),
+      {
+        class: t.id === target ? "target" : "",
+        data: { id: String(t.id), label: t.label, p: String(t.p) },
+      },
+      el("code", {}, showLabel(t.label)),
       el("span", {}, bar),
       el("span", { class: "p" }, fmtP(t.p)),
     );
@@ -341,7 +357,7 @@ function renderDetails(score, i, next) {
     "After ",
     el("code", {}, clip(context, 26, true)),
     " the true next token is ",
-    el("code", {}, t.label),
+    el("code", {}, showLabel(t.label)),
   );
   const figures = el(
     "div",
@@ -380,7 +396,11 @@ function renderDetails(score, i, next) {
         "span",
         { class: "ctx" },
         clip(n.before, 30, true),
-        el("mark", { class: n.id === t.id ? "hit" : "" }, n.label),
+        el(
+          "mark",
+          { class: n.id === t.id ? "hit" : "", data: { label: n.label } },
+          showLabel(n.label),
+        ),
         clip(n.after, 18, false),
       ),
     )
