@@ -259,6 +259,7 @@ out. SIGINT/SIGTERM stop accepting, let the requests in flight finish and exit 0
       NPROBE,
       { key: "threads" },
       CONFIG_FILE,
+      { name: "json", doc: "print the address as JSON ({ url, datastore }) once listening" },
       VERBOSE,
       HELP,
     ],
@@ -808,7 +809,8 @@ async function serveCommand(args: ParsedCommandLine) {
     onError: (e, req) =>
       console.error(`error: ${req.method} ${new URL(req.url).pathname}: ${(e as Error).message}`),
   });
-  console.log(`knn serve: ${dir} on ${server.url} (Ctrl-C to stop)`);
+  if (args.options.json) console.log(JSON.stringify({ url: server.url, datastore: dir }));
+  else console.log(`knn serve: ${dir} on ${server.url} (Ctrl-C to stop)`);
   await server.finished;
   console.error("knn serve: stopped");
 }

@@ -143,6 +143,7 @@ const EXPECTED_OPTIONS: Record<string, string[]> = {
     "nprobe",
     "threads",
     "config",
+    "json",
     "verbose",
     "help",
   ],

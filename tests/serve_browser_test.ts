@@ -1,12 +1,12 @@
 // The explorer page in a real browser: Debian's chromium driven by playwright-core. It types
 // a text, clicks a token, moves λ, and checks that what the page shows is what the API says.
 //
-// Chromium comes from `deno task setup-test` (apt-get install chromium). The page is
-// screenshotted; KNNLM_SCREENSHOT=docs/serve.png keeps the picture (`deno task screenshot`,
-// which also sets KNNLM_SERVE_DATASTORE to a datastore of the bundled model; without it the
-// test builds a tiny one).
+// Chromium comes from `deno task setup-test` (apt-get install chromium). The test builds a
+// tiny datastore and screenshots the page into its temp dir. With KNNLM_SCREENSHOT=FILE
+// (`deno task screenshot` sets docs/serve.png) it keeps the picture and uses the datastore
+// KNNLM_SERVE_DATASTORE names (default data/default, built from the bundled model).
 import assert from "node:assert/strict";
-import { join, resolve } from "node:path";
+import { join } from "node:path";
 // An import map would not reach scripts importing the toolkit by URL, hence inline and pinned.
 // deno-lint-ignore no-import-prefix
 import { chromium } from "npm:playwright-core@1.65.1";
@@ -61,8 +61,9 @@ Deno.test({
       );
     }
     await using tmp = tempDir("knnlm_browser_");
-    const given = Deno.env.get("KNNLM_SERVE_DATASTORE");
-    const dir = given ? resolve(given) : (await buildTinyDatastore(tmp.path)).dir;
+    const shot = Deno.env.get("KNNLM_SCREENSHOT");
+    const given = Deno.env.get("KNNLM_SERVE_DATASTORE") ?? (shot ? "data/default" : undefined);
+    const dir = given ?? (await buildTinyDatastore(tmp.path)).dir;
     const text = given
       ? "The Fulton County Grand Jury said Friday an investigation of Atlanta's recent " +
         "primary election produced no evidence that any irregularities took place."
@@ -187,9 +188,9 @@ Deno.test({
       await check(0.5);
       assert.deepEqual(errors, [], "no script errors");
 
-      const shot = Deno.env.get("KNNLM_SCREENSHOT") ?? join(tmp.path, "serve.png");
-      await page.screenshot({ path: shot, fullPage: true });
-      assert.ok((await Deno.stat(shot)).size > 10_000, "a screenshot with content");
+      const path = shot ?? join(tmp.path, "serve.png");
+      await page.screenshot({ path, fullPage: true });
+      assert.ok((await Deno.stat(path)).size > 10_000, "a screenshot with content");
     } finally {
       await browser.close();
     }

@@ -206,7 +206,7 @@ function renderCurve(score) {
   lo -= pad;
   hi += pad;
   const x = (l) => L + l * (W - L - R);
-  const y = (v) => T + (1 - (Math.min(v, hi) - lo) / (hi - lo)) * (H - T - B);
+  const y = (v) => T + (1 - (v - lo) / (hi - lo)) * (H - T - B);
   const g = svg("svg", {
     viewBox: `0 0 ${W} ${H}`,
     role: "img",
@@ -243,7 +243,10 @@ function renderCurve(score) {
   const d = pts.map(([l, v], i) => `${i ? "L" : "M"}${x(l).toFixed(1)},${y(v).toFixed(1)}`).join(
     "",
   );
-  g.append(svg("path", { class: "line", d }));
+  // The curve leaves the plot at the top rather than flattening where it is cut off.
+  const clip = svg("clipPath", { id: "plot-area" });
+  clip.append(svg("rect", { x: L, y: T, width: W - L - R, height: H - T - B }));
+  g.append(clip, svg("path", { class: "line", d, "clip-path": "url(#plot-area)" }));
   g.append(
     svg("line", { class: "now", x1: x(score.lambda), x2: x(score.lambda), y1: T, y2: H - B }),
   );
