@@ -20,6 +20,8 @@ import { loadAverage, machineInfo } from "../bench/machine.ts";
 import { type LatencySummary, type LoadRequest, runLoad, summarise } from "../bench/serve_load.ts";
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
+/** Requests of the one-client pass (the first of the list). */
+const ALONE = 20;
 const CLI = join(ROOT, "cli.ts");
 const HELP = `Usage: deno task bench-serve [options]
 
@@ -119,10 +121,13 @@ async function main(): Promise<number> {
   const { child, url } = await startServer(datastore);
   let stopped: { code: number; seconds: number };
   let run;
+  let alone;
   let info: InfoResponse;
   try {
     info = await (await fetch(new URL("v1/info", url))).json();
     await runLoad(url, warmup, concurrency);
+    // One client alone first: the time a request takes with no queue in front of it.
+    alone = await runLoad(url, requests.slice(0, ALONE), 1);
     console.error(`bench-serve: ${n} requests from ${concurrency} clients to ${url}`);
     run = await runLoad(url, requests, concurrency);
   } finally {
@@ -137,7 +142,11 @@ async function main(): Promise<number> {
   const byPath = Object.fromEntries(
     ["v1/next", "v1/score"].map((p) => [p, summarise(run.samples.filter((s) => s.path === p))]),
   );
-  const errors = run.samples.filter((s) => s.status !== 200).slice(0, 10);
+  const single = summarise(alone.samples);
+  const singleByPath = Object.fromEntries(
+    ["v1/next", "v1/score"].map((p) => [p, summarise(alone.samples.filter((s) => s.path === p))]),
+  );
+  const errors = [...alone.samples, ...run.samples].filter((s) => s.status !== 200).slice(0, 10);
   const m = info.manifest;
   const setting = {
     datastore,
@@ -157,6 +166,7 @@ async function main(): Promise<number> {
     seconds: run.seconds,
     requestsPerSecond: n / run.seconds,
     latencyMs: { all, ...byPath },
+    oneClientLatencyMs: { all: single, ...singleByPath },
     errors,
     setting,
     sigterm: stopped,
@@ -174,9 +184,22 @@ ${n} requests (${byPath["v1/next"].count} POST /v1/next on 64–256 bytes of Bro
 ${row("all", all)}
 ${row("POST /v1/next", byPath["v1/next"])}
 ${row("POST /v1/score", byPath["v1/score"])}
+${row("all, one client", single)}
+${row("POST /v1/next, one client", singleByPath["v1/next"])}
+${row("POST /v1/score, one client", singleByPath["v1/score"])}
+
+The "one client" rows are the first ${ALONE} requests of the list sent one at a time before the
+concurrent run: the time a request takes with nobody ahead of it. Model runs and the
+per-position arithmetic execute on the server's one JavaScript thread (FAISS searches run on
+native threads), so with ${concurrency} clients most of a request's latency is waiting for the
+requests ahead of it.
 
 ${run.seconds.toFixed(1)} s wall, ${result.requestsPerSecond.toFixed(1)} requests/s. ` +
-    `${all.errors === 0 ? "No errors." : `${all.errors} errors (see serve.json).`}
+    `${
+      all.errors + single.errors === 0
+        ? "No errors."
+        : `${all.errors + single.errors} errors (see serve.json).`
+    }
 
 - datastore: \`${datastore}\`, ${setting.keys.toLocaleString("en-US")} keys, ` +
     `${setting.index}, nprobe ${setting.nprobe}, ${setting.distance} distances, k = ${setting.k}
@@ -191,7 +214,7 @@ ${run.seconds.toFixed(1)} s wall, ${result.requestsPerSecond.toFixed(1)} request
   await Deno.writeTextFile(join(dir, "serve.json"), JSON.stringify(result, null, 2) + "\n");
   await Deno.writeTextFile(join(dir, "serve.md"), md);
   console.log(md);
-  return all.errors === 0 && stopped.code === 0 ? 0 : 1;
+  return all.errors + single.errors === 0 && stopped.code === 0 ? 0 : 1;
 }
 
 if (import.meta.main) Deno.exit(await main());
