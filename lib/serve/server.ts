@@ -45,10 +45,9 @@ export interface KnnServer extends AsyncDisposable {
   readonly finished: Promise<void>;
   /**
    * Drains: answers new requests with 503, waits until every request in flight is answered,
-   * stops listening, then closes the datastore and model; resolves with
-   * {@linkcode finished}. A connection that a
-   * client keeps open after its answer (idle, or stalled mid-body) is waited for one second
-   * at most.
+   * stops listening, then closes the datastore and model; resolves with {@linkcode finished}.
+   * A connection that a client keeps open after its answer (idle, or stalled mid-body) is
+   * waited for one second at most.
    */
   shutdown(): Promise<void>;
 }
@@ -177,7 +176,7 @@ type Route = {
 };
 
 /**
- * Starts `knn serve`: opens the datastore and model, then listens.
+ * Starts `knn serve`: takes the port, opens the datastore and model, and answers.
  *
  * @example
  * ```ts ignore
@@ -321,7 +320,8 @@ export async function serve(opts: ServeOptions): Promise<KnnServer> {
   let closing: Promise<void> | undefined;
   const stopped = Promise.withResolvers<void>();
   const shutdown = () => {
-    closing ??= (async () => {
+    if (closing) return closing;
+    closing = (async () => {
       // New requests get 503 from now on. The ones in flight finish first (one waiting for
       // its body within bodyTimeoutMs): Deno's graceful shutdown cuts off request bodies not
       // yet read, and FaissIndex refuses to close while a search is running.
@@ -344,8 +344,10 @@ export async function serve(opts: ServeOptions): Promise<KnnServer> {
   const onAbort = () => void shutdown();
   if (opts.signal?.aborted) onAbort();
   else opts.signal?.addEventListener("abort", onAbort, { once: true });
-  // Should Deno close the server by itself, the API is closed all the same.
-  server.finished.then(() => shutdown());
+  // Should Deno close the server by itself, the API is closed all the same (a failure there
+  // reaches the caller through `finished`).
+  const closed = () => void shutdown().catch(() => {});
+  server.finished.then(closed, closed);
   const finished = stopped.promise.finally(() =>
     opts.signal?.removeEventListener("abort", onAbort)
   );

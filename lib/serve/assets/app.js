@@ -18,7 +18,9 @@ const SAMPLE = "The jury further said in term-end presentments that the City Exe
 const state = {
   info: null,
   score: null,
-  selected: null, // position i: the prediction of token i + 1
+  selected: null, // position i (the prediction of token i + 1) whose details are shown
+  pinned: false, // clicked: hovering no longer changes the details
+  hoverTimer: 0,
   scoreCtl: null,
   nextCtl: null,
   timer: 0,
@@ -174,6 +176,7 @@ function renderTokens(score) {
     span.style.background = bg;
     span.style.color = fg;
     if (i === state.selected) span.classList.add("selected");
+    if (i === state.selected && state.pinned) span.classList.add("pinned");
     return span;
   });
   box.replaceChildren(...spans);
@@ -181,7 +184,8 @@ function renderTokens(score) {
 
 function renderSummary(score) {
   const p = score.perplexity;
-  const change = p.mix === null ? "" : ` (${((p.mix / p.lm - 1) * 100).toFixed(1)}%)`;
+  const pct = p.mix === null ? null : (p.mix / p.lm - 1) * 100;
+  const change = pct === null ? "" : ` (${pct < 0 ? "−" : "+"}${Math.abs(pct).toFixed(1)}%)`;
   $("summary").replaceChildren(
     `${score.lm.length} predictions · LM perplexity `,
     el("b", {}, fmtPpl(p.lm)),
@@ -270,17 +274,20 @@ function renderCurve(score) {
 function select(i) {
   state.selected = i;
   for (const s of document.querySelectorAll(".tok.selected")) s.classList.remove("selected");
-  document.querySelector(`.tok[data-pos="${i}"]`)?.classList.add("selected");
+  const span = document.querySelector(`.tok[data-pos="${i}"]`);
+  span?.classList.add("selected");
+  span?.classList.toggle("pinned", state.pinned);
   loadDetails(i);
 }
 
 function clearDetails() {
   state.selected = null;
+  state.pinned = false;
   const box = $("details");
   box.dataset.state = "empty";
   box.replaceChildren(
     el("h2", { class: "panel-title" }, "Token details"),
-    el("p", { class: "muted" }, "Click a token."),
+    el("p", { class: "muted" }, "Point at a token, or click it to keep its details."),
   );
 }
 
@@ -457,9 +464,23 @@ async function start() {
     scheduleScore(120);
   });
   for (const id of ["k", "temperature"]) $(id).addEventListener("change", () => scheduleScore(0));
+  // Hovering previews a token's details; a click pins them (a second click unpins).
+  const tokenAt = (e) => e.target.closest?.(".tok[data-pos]");
+  $("tokens").addEventListener("mouseover", (e) => {
+    clearTimeout(state.hoverTimer);
+    const span = tokenAt(e);
+    if (!span || state.pinned) return;
+    state.hoverTimer = setTimeout(() => {
+      if (!state.pinned) select(Number(span.dataset.pos));
+    }, 250);
+  });
   $("tokens").addEventListener("click", (e) => {
-    const span = e.target.closest?.(".tok[data-pos]");
-    if (span) select(Number(span.dataset.pos));
+    clearTimeout(state.hoverTimer);
+    const span = tokenAt(e);
+    if (!span) return;
+    const i = Number(span.dataset.pos);
+    state.pinned = !(state.pinned && state.selected === i);
+    select(i);
   });
   runScore();
 }
