@@ -92,7 +92,7 @@ export interface NextRequest {
   k?: number;
   /** Weight of p_kNN in the mix, [0, 1]. */
   lambda?: number;
-  /** Softmax temperature on distances, > 0. */
+  /** Softmax temperature on distances, > 0 and at most 1e6. */
   temperature?: number;
   /** Entries in each top-n list. */
   top?: number;
@@ -169,7 +169,7 @@ export interface ScoreRequest {
   lambda?: number;
   /** λ values of the perplexity sweep. */
   lambdas?: number[];
-  /** Softmax temperature on distances. */
+  /** Softmax temperature on distances, > 0 and at most 1e6. */
   temperature?: number;
 }
 
