@@ -51,6 +51,7 @@ import {
   ProgressBar,
   Spinner,
 } from "./lib/present/mod.ts";
+import { serve } from "./lib/serve/mod.ts";
 
 // ---------------------------------------------------------------------------------------------
 // The option tables. A command lists configuration keys ({ key }: flag, type, range, default
@@ -276,6 +277,43 @@ and interpolated.`,
       HELP,
     ],
     run: neighborsCommand,
+  },
+  serve: {
+    summary: "serve the JSON API and the explorer page over one datastore",
+    usage: "knn serve --datastore DIR [--host 127.0.0.1] [--port 8080] [options]",
+    about:
+      `Opens the datastore and its model once and serves, with Deno.serve, a JSON API (GET /v1/info,
+POST /v1/next, POST /v1/score: the numbers of knn neighbors and knn eval) and a page that
+colours each token of a text by what retrieval gained. Listens on 127.0.0.1 unless --host
+says otherwise. --k, --lambda and --temperature are the defaults of requests that leave them
+out. SIGINT/SIGTERM stop accepting, let the requests in flight finish and exit 0.`,
+    options: [
+      DATASTORE,
+      {
+        name: "host",
+        value: { kind: "string" },
+        arg: "HOST",
+        default: "127.0.0.1",
+        doc: "interface to listen on; 0.0.0.0 opens it to the network",
+      },
+      {
+        name: "port",
+        value: { kind: "integer", min: 0, max: 65535 },
+        default: 8080,
+        doc: "port to listen on; 0 picks a free one",
+      },
+      { key: "eval.k", defaultText: "eval.k, at most the datastore's size" },
+      { key: "eval.lambda" },
+      { key: "eval.temperature" },
+      { key: "eval.distance", default: "exact", only: ["exact", "faiss"] },
+      NPROBE,
+      { key: "threads" },
+      CONFIG_FILE,
+      { name: "json", doc: "print the address as JSON ({ url, datastore }) once listening" },
+      VERBOSE,
+      HELP,
+    ],
+    run: serveCommand,
   },
 };
 
@@ -854,6 +892,41 @@ async function neighborsCommand(args: ParsedCommandLine) {
   console.log(`\ntop-5 LM:           ${fmt(result.top.lm)}`);
   console.log(`top-5 kNN:          ${fmt(result.top.knn)}`);
   console.log(`top-5 interpolated: ${fmt(result.top.interpolated)}  (λ=${lambda})`);
+}
+
+async function serveCommand(args: ParsedCommandLine) {
+  const loaded = loadCommandConfig(args);
+  const { config } = loaded;
+  const { distance } = config.eval;
+  if (distance === "both") {
+    throw settingError(loaded, "eval.distance", 'expected "exact" or "faiss" here, found "both"');
+  }
+  const dir = args.options.datastore as string;
+  const m = await requireDatastore(dir);
+  const kGiven = loaded.sources["eval.k"] !== "default";
+  if (kGiven) checkK(loaded, m);
+  setNumThreads(config.threads > 0 ? config.threads : navigator.hardwareConcurrency || 1);
+  using interrupt = interruptSignal();
+  const server = await serve({
+    datastore: dir,
+    hostname: args.options.host as string,
+    port: args.options.port as number,
+    nprobe: queryNprobe(loaded, m, false),
+    threads: config.threads || undefined,
+    distance,
+    defaults: {
+      k: kGiven ? config.eval.k : undefined,
+      lambda: config.eval.lambda,
+      temperature: config.eval.temperature,
+    },
+    signal: interrupt.signal,
+    onError: (e, req) =>
+      console.error(`error: ${req.method} ${new URL(req.url).pathname}: ${(e as Error).message}`),
+  });
+  if (args.options.json) console.log(JSON.stringify({ url: server.url, datastore: dir }));
+  else console.log(`knn serve: ${dir} on ${server.url} (Ctrl-C to stop)`);
+  await server.finished;
+  console.error("knn serve: stopped");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -9,7 +9,8 @@
  *
  * `--test-deps` (used by `deno task test`) also makes sure the interop tests can run: Debian's
  * `/usr/bin/python3` with numpy and FAISS (`python3-numpy python3-faiss`), which read what the
- * toolkit writes. They are test dependencies only, never needed by the toolkit itself.
+ * toolkit writes, and the browser test of `knn serve`'s page: Debian's `chromium`, driven by
+ * playwright-core. They are test dependencies only, never needed by the toolkit itself.
  *
  * @module
  */
@@ -28,6 +29,9 @@ import { runSync } from "../lib/core/_run.ts";
 const INSTALL_CMD = `sudo apt-get update && sudo apt-get install -y ${APT_PACKAGES.join(" ")}`;
 const TEST_PACKAGES = ["python3-numpy", "python3-faiss"];
 const TEST_PYTHON = "/usr/bin/python3";
+/** The browser tests/serve_browser_test.ts launches (Debian's package; no downloaded build). */
+const TEST_BROWSER = "/usr/bin/chromium";
+const BROWSER_PACKAGES = ["chromium"];
 
 function say(msg: string): void {
   console.error(`setup: ${msg}`);
@@ -118,6 +122,22 @@ function ensureTestDeps(noInstall: boolean): void {
   if (!runSync(TEST_PYTHON, ["-c", "import numpy, faiss"]).ok) fail(`${reason} after install`, cmd);
 }
 
+// The page test of `knn serve` drives Debian's chromium.
+function ensureBrowser(noInstall: boolean): void {
+  const runs = () => runSync(TEST_BROWSER, ["--version"]).ok;
+  if (runs()) {
+    note(`test browser: ${TEST_BROWSER} runs`);
+    return;
+  }
+  const cmd = `sudo apt-get update && sudo apt-get install -y ${BROWSER_PACKAGES.join(" ")}`;
+  const reason = `test browser: no working ${TEST_BROWSER}`;
+  const prefix = isDebianLike() && !noInstall ? aptPrefix() : null;
+  if (prefix === null) fail(reason, cmd);
+  say(`${reason}; installing ${BROWSER_PACKAGES.join(" ")} with apt-get`);
+  aptInstall(prefix, BROWSER_PACKAGES);
+  if (!runs()) fail(`${reason} after install`, cmd);
+}
+
 function describe(tc: FaissToolchain): string {
   const pkg = tc.packageVersion ? ` (libfaiss-dev ${tc.packageVersion})` : "";
   return `FAISS ${tc.faissVersion ?? "?"}${pkg} at ${tc.library}, compiler ${tc.compilerVersion}`;
@@ -140,13 +160,17 @@ function main(): void {
         "  --force       recompile the shim even when the cache has it\n" +
         "  --no-install  never run apt-get; print the command instead\n" +
         "  --test-deps   also ensure /usr/bin/python3 has numpy and faiss (interop tests)\n" +
+        "                and /usr/bin/chromium (the browser test of knn serve)\n" +
         "  --verbose     also say what was found when nothing needs doing",
     );
     return;
   }
 
   verbose = !!values.verbose;
-  if (values["test-deps"]) ensureTestDeps(!!values["no-install"]);
+  if (values["test-deps"]) {
+    ensureTestDeps(!!values["no-install"]);
+    ensureBrowser(!!values["no-install"]);
+  }
   const explicit = Deno.env.get(LIB_ENV);
   if (explicit) {
     note(`${LIB_ENV}=${explicit} is set; checking it instead of building`);

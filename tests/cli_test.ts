@@ -135,6 +135,21 @@ const EXPECTED_OPTIONS: Record<string, string[]> = {
     "verbose",
     "help",
   ],
+  serve: [
+    "datastore",
+    "host",
+    "port",
+    "k",
+    "lambda",
+    "temperature",
+    "distance",
+    "nprobe",
+    "threads",
+    "config",
+    "json",
+    "verbose",
+    "help",
+  ],
 };
 
 Deno.test("each command's --help lists exactly its options, with defaults", async () => {
@@ -153,8 +168,8 @@ Deno.test("each command's --help lists exactly its options, with defaults", asyn
   assert.match(nb, /--distance exact\|faiss /);
   // Every listed option is accepted by the command (a flag --help shows but parsing rejects
   // would fail here with "unknown option").
-  // (eval and neighbors stop at the missing datastore; build commands would start building.)
-  for (const cmd of ["eval", "neighbors", "info"]) {
+  // (eval, neighbors and serve stop at the missing datastore; build commands would start building.)
+  for (const cmd of ["eval", "neighbors", "info", "serve"]) {
     for (const [flag, arg] of await helpOptions(cmd)) {
       if (flag === "help") continue;
       const r = await knnHere(cmd, `--${flag}`, ...(arg ? ["x"] : []));
@@ -210,6 +225,17 @@ const NUMERIC: Record<string, { base: string[]; flags: Record<string, Accepts> }
   neighbors: {
     base: ["--datastore", "/nonexistent/ds", "--text", "abc"],
     flags: { k: {}, lambda: { "0": true }, nprobe: {}, context: {} },
+  },
+  serve: {
+    base: ["--datastore", "/nonexistent/ds"],
+    flags: {
+      port: { "0": true },
+      k: {},
+      lambda: { "0": true },
+      temperature: { [HUGE]: true },
+      nprobe: {},
+      threads: { "0": true },
+    },
   },
 };
 

@@ -10,6 +10,8 @@ import { ONNXRUNTIME_NODE_VERSION } from "../lib/core/version.ts";
 import { BUNDLED_MODELS } from "../lib/model/default_model.ts";
 import { ort } from "../lib/model/_ort.ts";
 import { type Served, serveFolder } from "./_serve.ts";
+import { tempDir } from "./_tmp.ts";
+import { buildTinyDatastore } from "./_tiny_datastore.ts";
 
 const ROOT = fileURLToPath(new URL("../", import.meta.url));
 
@@ -230,4 +232,34 @@ Deno.test("a script without deno.json builds a datastore with the default model 
     const fetched = served.requests.filter((p) => p === "/models/byte_gpt.onnx");
     assert.equal(fetched.length, 1, "the model is fetched once, then read from the cache");
   });
+});
+
+Deno.test("the serve layer imported by URL serves its embedded page and answers the API", async () => {
+  await using served = serveFolder(ROOT);
+  await using tmp = tempDir("knnlm_serve_url_");
+  const { dir } = await buildTinyDatastore(tmp.path, 1000);
+  const r = await withTemp((cache) =>
+    runByUrl(
+      served,
+      "lib/serve/mod.ts",
+      `import { serve } from "BASE/lib/serve/mod.ts";
+       await using server = await serve({ datastore: ${JSON.stringify(dir)}, port: 0 });
+       const page = await (await fetch(server.url)).text();
+       const js = await (await fetch(new URL("app.js", server.url))).text();
+       const res = await fetch(new URL("v1/next", server.url), {
+         method: "POST",
+         headers: { "content-type": "application/json" },
+         body: JSON.stringify({ text: "the cat", k: 3 }),
+       });
+       const next = await res.json();
+       console.log(JSON.stringify({ page: page.includes("kNN-LM explorer"),
+         js: js.includes("/v1/score"), status: res.status, neighbours: next.neighbours.length }));`,
+      cache,
+    )
+  );
+  assert.deepEqual(r, { page: true, js: true, status: 200, neighbours: 3 });
+  // The page's files are text imports: fetched with the code, not read from a folder.
+  for (const f of ["index.html", "app.js", "style.css"]) {
+    assert.ok(served.requests.includes(`/lib/serve/assets/${f}`), `${f} fetched by URL`);
+  }
 });

@@ -74,6 +74,8 @@ export interface EvalOptions {
   onProgress?: (p: { done: number; total: number }) => void;
   /** Stops between batches. */
   signal?: AbortSignal;
+  /** Also return the per-position log-probabilities ({@link EvalResult.perToken}). */
+  perToken?: boolean;
 }
 
 /** Perplexities for one distance mode. */
@@ -106,6 +108,12 @@ export interface EvalResult {
   seconds: number;
   /** Positions per second. */
   tokensPerSecond: number;
+  /**
+   * With `perToken: true`: natural-log probabilities of each position's next token, [tokens]:
+   * `lm[i]` = log p_LM(token i+1 | context), `knn[mode][i]` = log p_kNN (−Infinity when no
+   * neighbour votes for it). The perplexities above are computed from exactly these.
+   */
+  perToken?: { lm: Float64Array; knn: Partial<Record<DistanceMode, Float64Array>> };
 }
 
 /** The distance modes an `eval.distance` setting asks for ("both": FAISS's and exact). */
@@ -250,6 +258,7 @@ export async function evaluate(opts: EvalOptions): Promise<EvalResult> {
       missRate: misses / n,
     };
   }
+  if (opts.perToken) result.perToken = { lm, knn };
   result.seconds = (performance.now() - t0) / 1000;
   result.tokensPerSecond = n / result.seconds;
   return result;

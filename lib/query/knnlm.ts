@@ -142,6 +142,16 @@ export interface Neighbour {
   token: number;
 }
 
+/** Per-call settings of {@link KnnLm.next}; each defaults to the instance's. */
+export interface NextOptions {
+  /** Neighbours to retrieve (1..datastore size). */
+  k?: number;
+  /** Weight of p_kNN, in [0, 1]. */
+  lambda?: number;
+  /** Softmax temperature on distances (> 0). */
+  temperature?: number;
+}
+
 /** The next-token distributions for one context. */
 export interface NextToken {
   /** p_LM over the vocabulary. */
@@ -237,11 +247,23 @@ export class KnnLm implements Disposable {
 
   /**
    * Next-token distributions after `context` — ids, or text that the datastore's tokenizer
-   * encodes (its last `seqLen` tokens are used).
+   * encodes (its last `seqLen` tokens are used). `opts` overrides k, λ and T for this call only.
    */
-  async next(context: Int32Array | string): Promise<NextToken> {
+  async next(context: Int32Array | string, opts: NextOptions = {}): Promise<NextToken> {
     if (typeof context === "string") context = this.tokenizer.encode(context);
     if (context.length < 1) throw new RangeError("the context needs at least one token");
+    const k = opts.k ?? this.k;
+    const lambda = opts.lambda ?? this.lambda;
+    const temperature = opts.temperature ?? this.temperature;
+    if (!Number.isInteger(k) || k < 1 || k > this.datastore.size) {
+      throw new RangeError(
+        `k must be an integer in 1..${this.datastore.size} (datastore size), found ${k}`,
+      );
+    }
+    if (!(lambda >= 0 && lambda <= 1)) {
+      throw new RangeError(`lambda must be in [0, 1], found ${lambda}`);
+    }
+    if (!(temperature > 0)) throw new RangeError(`temperature must be > 0, found ${temperature}`);
     const seqLen = this.datastore.manifest.gather.seqLen;
     const window = context.subarray(Math.max(0, context.length - seqLen));
     const L = window.length;
@@ -251,21 +273,21 @@ export class KnnLm implements Disposable {
     const lo = logits.subarray((L - 1) * V, L * V);
     const query = keys.slice((L - 1) * d, L * d);
     const lm = logSoftmax(lo).map(Math.exp);
-    const { distances, labels } = await this.datastore.index.searchAsync(query, this.k);
+    const { distances, labels } = await this.datastore.index.searchAsync(query, k);
     const dist = this.distance === "exact"
-      ? await this.datastore.exactDistances(query, labels, this.k)
+      ? await this.datastore.exactDistances(query, labels, k)
       : this.datastore.voteDistances(distances);
-    const vals = new Int32Array(this.k);
+    const vals = new Int32Array(k);
     const neighbours: Neighbour[] = [];
-    for (let j = 0; j < this.k; j++) {
+    for (let j = 0; j < k; j++) {
       const row = Number(labels[j]);
       vals[j] = row < 0 ? -1 : this.datastore.val(row);
       if (row >= 0) neighbours.push({ row, distance: dist[j], token: vals[j] });
     }
     neighbours.sort((a, b) => a.distance - b.distance);
-    const knn = knnDistribution(dist, vals, V, this.temperature);
+    const knn = knnDistribution(dist, vals, V, temperature);
     const mixed = new Float64Array(V);
-    for (let v = 0; v < V; v++) mixed[v] = (1 - this.lambda) * lm[v] + this.lambda * knn[v];
+    for (let v = 0; v < V; v++) mixed[v] = (1 - lambda) * lm[v] + lambda * knn[v];
     return { lm, knn, mixed, neighbours };
   }
 

@@ -19,6 +19,7 @@ export {
   KnnLm,
   type KnnLmOptions,
   type Neighbour,
+  type NextOptions,
   type NextToken,
   openDatastoreModel,
   openDatastoreTokenizer,
