@@ -147,6 +147,8 @@ export async function evaluate(opts: EvalOptions): Promise<EvalResult> {
       { key: "eval.rerank" },
     );
   }
+  // The native vote reads vals.npy directly: values outside the vocabulary are E_CORRUPT here.
+  ds.checkValues();
   if (model.dModel !== ds.keys.rowLength) {
     throw new Error(
       `the model's keys have width ${model.dModel}, the datastore's ${ds.keys.rowLength}`,
