@@ -9,7 +9,9 @@
  *
  * `--test-deps` (used by `deno task test`) also makes sure the interop tests can run: Debian's
  * `/usr/bin/python3` with numpy and FAISS (`python3-numpy python3-faiss`), which read what the
- * toolkit writes. They are test dependencies only, never needed by the toolkit itself.
+ * toolkit writes; and, where apt-get may run (root or passwordless sudo), Slurm and MUNGE
+ * (`slurm-wlm munge`) for the test that runs the example Slurm scripts on a one-node cluster.
+ * They are test dependencies only, never needed by the toolkit itself.
  *
  * @module
  */
@@ -118,6 +120,31 @@ function ensureTestDeps(noInstall: boolean): void {
   if (!runSync(TEST_PYTHON, ["-c", "import numpy, faiss"]).ok) fail(`${reason} after install`, cmd);
 }
 
+const SLURM_PACKAGES = ["slurm-wlm", "munge"];
+const SLURM_COMMANDS = ["slurmctld", "slurmd", "sbatch", "munged"];
+
+// tests/slurm_test.ts starts munged, slurmctld and slurmd on localhost (as root). Where apt-get
+// may not run, the test is skipped (it needs root anyway): say so, do not fail.
+function ensureSlurm(noInstall: boolean): void {
+  const missing = SLURM_COMMANDS.filter((c) => !runSync("sh", ["-c", `command -v ${c}`]).ok);
+  if (missing.length === 0) {
+    note(`slurm test: ${SLURM_COMMANDS.join(", ")} found`);
+    return;
+  }
+  const reason = `slurm test: missing ${missing.join(", ")}`;
+  const prefix = isDebianLike() && !noInstall ? aptPrefix() : null;
+  if (prefix === null) {
+    say(
+      `${reason}; the Slurm test needs them (and root): apt-get install ${
+        SLURM_PACKAGES.join(" ")
+      }`,
+    );
+    return;
+  }
+  say(`${reason}; installing ${SLURM_PACKAGES.join(" ")} with apt-get`);
+  aptInstall(prefix, SLURM_PACKAGES);
+}
+
 function describe(tc: FaissToolchain): string {
   const pkg = tc.packageVersion ? ` (libfaiss-dev ${tc.packageVersion})` : "";
   return `FAISS ${tc.faissVersion ?? "?"}${pkg} at ${tc.library}, compiler ${tc.compilerVersion}`;
@@ -139,14 +166,18 @@ function main(): void {
       "Usage: deno task setup [--force] [--no-install] [--test-deps] [--verbose]\n" +
         "  --force       recompile the shim even when the cache has it\n" +
         "  --no-install  never run apt-get; print the command instead\n" +
-        "  --test-deps   also ensure /usr/bin/python3 has numpy and faiss (interop tests)\n" +
+        "  --test-deps   also ensure /usr/bin/python3 has numpy and faiss (interop tests),\n" +
+        "                and Slurm and MUNGE where apt-get may run (the Slurm test)\n" +
         "  --verbose     also say what was found when nothing needs doing",
     );
     return;
   }
 
   verbose = !!values.verbose;
-  if (values["test-deps"]) ensureTestDeps(!!values["no-install"]);
+  if (values["test-deps"]) {
+    ensureTestDeps(!!values["no-install"]);
+    ensureSlurm(!!values["no-install"]);
+  }
   const explicit = Deno.env.get(LIB_ENV);
   if (explicit) {
     note(`${LIB_ENV}=${explicit} is set; checking it instead of building`);

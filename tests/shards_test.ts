@@ -5,7 +5,7 @@
 // one-process build.
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { Datastore, KnnError, MappedArray } from "../mod.ts";
+import { KnnError, MappedArray } from "../mod.ts";
 import {
   autoShardCount,
   parseShardSpec,
@@ -15,7 +15,8 @@ import {
 } from "../lib/datastore/mod.ts";
 import { concatNpy } from "../lib/storage/mod.ts";
 import { planWindows } from "../lib/model/windows.ts";
-import { arrays, corpusText, knn, StoppingChild, TINY } from "./_child.ts";
+import { corpusText, knn, StoppingChild, TINY } from "./_child.ts";
+import { assertSameDatastore } from "./_equivalent.ts";
 import { tempDir } from "./_tmp.ts";
 
 Deno.test("--shard I/N is parsed, and the scheduler's environment names the shard", () => {
@@ -151,29 +152,9 @@ function reference(): Promise<string> {
   return refDir;
 }
 
-/** Labels and distances of every 7th key's 5 nearest neighbours, searching every list. */
-async function searchAll(dir: string) {
-  using ds = await Datastore.open(dir);
-  ds.index.nprobe = ds.manifest.index!.nlist;
-  const d = ds.keys.rowLength;
-  const rows = Array.from({ length: Math.ceil(ds.size / 7) }, (_, i) => i * 7);
-  const q = new Float32Array(rows.length * d);
-  rows.forEach((r, i) => q.set(ds.keys.view(r, r + 1) as Float32Array, i * d));
-  return await ds.index.searchAsync(q, 5);
-}
-
 /** `dir` equals the one-process build: bytes of keys, values and lists; search results. */
 async function assertEquivalent(dir: string) {
-  const ref = await reference();
-  assert.deepEqual(await arrays(dir), await arrays(ref), "keys.npy / vals.npy bytes");
-  assert.deepEqual(
-    await Deno.readFile(join(dir, "faiss.ivfdata")),
-    await Deno.readFile(join(ref, "faiss.ivfdata")),
-    "faiss.ivfdata bytes",
-  );
-  const [a, b] = [await searchAll(dir), await searchAll(ref)];
-  assert.deepEqual(a.labels, b.labels, "labels");
-  assert.deepEqual(a.distances, b.distances, "distances");
+  await assertSameDatastore(dir, await reference());
   const v = await knn("verify", dir, "--json");
   assert.equal(v.code, 0, v.stdout + v.stderr);
   assert.equal(JSON.parse(v.stdout).ok, true);
