@@ -26,13 +26,17 @@ import { loadCorpus } from "./lib/corpus/mod.ts";
 import { describeTokenizer, formatModelInspection, inspectModel } from "./lib/model/mod.ts";
 import { setNumThreads } from "./lib/index/mod.ts";
 import {
-  buildIndex,
   Datastore,
   type DatastoreManifest,
   datastorePaths,
   LOCK_FILE,
+  parseShardSpec,
   type PipelineEvent,
   readManifest,
+  runPipeline,
+  shardFromEnvironment,
+  SHARDS_DIR,
+  type ShardSpec,
   type Stage,
   type VerifyCheck,
   verifyDatastore,
@@ -89,14 +93,38 @@ const BUILD_SETTINGS: OptionSpec[] = describeConfigKeys()
   .filter((k) => !k.key.startsWith("eval."))
   .map((k) => ({ key: k.key }));
 
-const BUILD_OPTIONS: OptionSpec[] = [
-  CONFIG_FILE,
-  { name: "force", doc: "redo the stage(s) even if complete" },
-  { name: "json", doc: "print datastore.json on stdout when done (no progress bars)" },
-  VERBOSE,
-  HELP,
-  ...BUILD_SETTINGS,
-];
+const FORCE: OptionSpec = { name: "force", doc: "redo the stage(s) even if complete" };
+const BUILD_JSON: OptionSpec = {
+  name: "json",
+  doc: "print datastore.json on stdout when done (no progress bars)",
+};
+const SHARD: OptionSpec = {
+  name: "shard",
+  value: { kind: "string" },
+  arg: "I/N",
+  doc: "only shard I of N (from 0); default: the Slurm array task or Indexed Job pod, if any",
+};
+const SHARDS: OptionSpec = {
+  name: "shards",
+  value: { kind: "integer", min: 1, max: 1_000_000 },
+  arg: "N",
+  doc: "number of shards",
+  defaultText: "the datastore's, else 1 to gather and 1 per 2M keys to add",
+};
+const WORKERS: OptionSpec = {
+  name: "workers",
+  value: { kind: "integer", min: 1, max: 1024 },
+  arg: "N",
+  doc: "worker processes for the shards, splitting --threads",
+  defaultText: "cores",
+};
+
+/** Options of the build commands: the command's own, then every build setting. */
+function buildOptions(...own: OptionSpec[]): OptionSpec[] {
+  return [CONFIG_FILE, ...own, BUILD_JSON, VERBOSE, HELP, ...BUILD_SETTINGS];
+}
+
+const BUILD_OPTIONS: OptionSpec[] = buildOptions(FORCE);
 
 /** One `knn` command: its help, its option table and what it does with the parsed line. */
 interface Command {
@@ -120,38 +148,57 @@ interface Command {
  */
 const COMMANDS: Record<string, Command> = {
   "build-index": {
-    summary: "gather keys, train the index and add the keys (skips finished stages)",
+    summary: "gather keys, train the index, add the keys and merge (skips finished stages)",
     usage: "knn build-index [options]",
     about: `Runs every stage into --out: gather (model → keys.npy [n, d], vals.npy [n]),
-train-index (IVFPQ on a seeded sample) and add (all keys, ids = rows) → faiss.index, then
-datastore.json. Finished stages are skipped; an interrupted gather resumes where it stopped.
-A directory holding a datastore made with another model or settings is refused.`,
-    options: BUILD_OPTIONS,
-    run: (a) => pipelineCommand(a, ["gather", "train", "add"], "build-index"),
+train-index (IVFPQ on a seeded sample), add (all keys, ids = rows, shard by shard) and merge
+(one faiss.index with exactly sized on-disk lists), then datastore.json. Finished stages are
+skipped; an interrupted gather or add resumes where it stopped. With --shards N the keys are
+gathered in N shards (DIR/shards/I) and gather and add run in --workers processes. A directory
+holding a datastore made with another model or settings is refused.`,
+    options: buildOptions(FORCE, SHARDS, WORKERS),
+    run: (a) => pipelineCommand(a, ["gather", "train", "add", "merge"], "build-index"),
   },
   gather: {
     summary: "run the model over the corpus and write keys.npy / vals.npy (resumable)",
-    usage: "knn gather [options]",
+    usage: "knn gather [--shard I/N | --shards N] [options]",
     about: `Runs the model over the corpus in sliding windows and writes keys.npy / vals.npy.
-Ctrl-C stops after the batch in flight; running it again resumes.`,
-    options: BUILD_OPTIONS,
+Ctrl-C stops after the batch in flight; running it again resumes. With --shard I/N (or in a
+Slurm array task, or an Indexed Job pod with --shards N) only shard I: the I-th contiguous
+range of windows, into DIR/shards/I, beside the other shards' processes on any machine
+sharing DIR. With --shards N alone, all N shards in --workers processes.`,
+    options: buildOptions(FORCE, SHARD, SHARDS, WORKERS),
     run: (a) => pipelineCommand(a, ["gather"], "gather"),
   },
   "train-index": {
-    summary: "train the FAISS index on a seeded sample of the keys",
+    summary: "train the FAISS index on a seeded sample of the keys (of all shards)",
     usage: "knn train-index [options]",
-    about: `Trains the index on a seeded sample of the gathered keys and writes
+    about: `Trains the index on a seeded sample of the gathered keys — drawn across all shards,
+read in row order, so the same sample as a one-file datastore's — and writes
 faiss.trained.index (before anything is added).`,
     options: BUILD_OPTIONS,
     run: (a) => pipelineCommand(a, ["train"], "train-index"),
   },
   add: {
-    summary: "add every key to the trained index and write faiss.index",
-    usage: "knn add [options]",
-    about: `Adds every key with its row number as id, straight from the memory map, and writes
-faiss.index atomically.`,
-    options: BUILD_OPTIONS,
+    summary: "add the keys to the trained index, shard by shard, and merge them",
+    usage: "knn add [--shard I/N | --shards N] [options]",
+    about: `Encodes the keys (ids = row numbers, straight from the memory map) with the trained
+index into inverted lists in memory, shard by shard in --workers processes, writing each
+shard's DIR/shards/I/ivf.index, then merges them into faiss.index. With --shard I/N (or in a
+Slurm array task, or an Indexed Job pod with --shards N) only shard I, not merged: run knn
+merge once every shard is added. A finished shard is skipped; an interrupted one resumes.`,
+    options: buildOptions(FORCE, SHARD, SHARDS, WORKERS),
     run: (a) => pipelineCommand(a, ["add"], "add"),
+  },
+  merge: {
+    summary: "merge the shards into keys.npy, vals.npy and one faiss.index",
+    usage: "knn merge --out DIR [options]",
+    about: `Once every shard is gathered and added: writes keys.npy and vals.npy (the shards'
+files one after another after one header), checksums.json, faiss.index with one on-disk
+lists file in which each list is sized exactly (FAISS's merge_ondisk), then datastore.json,
+and removes DIR/shards.`,
+    options: buildOptions(SHARDS),
+    run: (a) => pipelineCommand(a, ["merge"], "merge"),
   },
   info: {
     summary: "describe a datastore directory",
@@ -588,6 +635,7 @@ function eventPrinter(silent: boolean): (e: PipelineEvent) => void {
       case "start":
         say(`${e.stage}: ${e.detail}`);
         if (e.stage === "train") spinner = new Spinner("training index", { silent });
+        if (e.stage === "merge") spinner = new Spinner("merging", { silent });
         break;
       case "gather-progress":
         bar ??= new ProgressBar("gather", e.progress.total, {
@@ -619,14 +667,28 @@ function eventPrinter(silent: boolean): (e: PipelineEvent) => void {
   };
 }
 
+/**
+ * The shard a build command works on: `--shard I/N`, else the scheduler's (a Slurm array task,
+ * a Kubernetes Indexed Job pod with `--shards N`), else none (all of them).
+ */
+function shardOf(args: ParsedCommandLine): ShardSpec | undefined {
+  const given = args.options.shard as string | undefined;
+  if (given !== undefined) return parseShardSpec(given);
+  return shardFromEnvironment(Deno.env.toObject(), args.options.shards as number | undefined);
+}
+
 async function pipelineCommand(args: ParsedCommandLine, stages: Stage[], name: string) {
   const loaded = loadCommandConfig(args);
   const { config } = loaded;
   const json = args.options.json as boolean;
+  const shard = COMMANDS[name].options.includes(SHARD) ? shardOf(args) : undefined;
   // Inputs first: the model and corpus decide whether what is in --out can be reused.
   await requireFile(loaded, "model", config.model);
-  await requireFile(loaded, "corpus", config.corpus);
-  if (!stages.includes("gather") && !await readManifest(config.out)) {
+  if (stages.includes("gather")) await requireFile(loaded, "corpus", config.corpus);
+  if (
+    !stages.includes("gather") && !await readManifest(config.out) &&
+    !await statOrNull(join(config.out, SHARDS_DIR))
+  ) {
     throw new KnnError("E_NOT_FOUND", `${config.out}: no gathered keys yet`, {
       path: config.out,
       hint: `run knn gather (or knn build-index) with the same settings first`,
@@ -634,14 +696,17 @@ async function pipelineCommand(args: ParsedCommandLine, stages: Stage[], name: s
   }
   const created = await createOutDir(loaded);
   using interrupt = interruptSignal();
-  let manifest;
+  let result;
   try {
-    manifest = await buildIndex(config, {
+    result = await runPipeline(config, {
       stages,
-      force: args.options.force as boolean,
+      force: !!args.options.force,
       onEvent: eventPrinter(json),
       signal: interrupt.signal,
-      command: `knn ${name}`,
+      command: `knn ${name}` + (shard ? ` --shard ${shard.index}/${shard.count}` : ""),
+      shard,
+      shards: args.options.shards as number | undefined,
+      workers: args.options.workers as number | undefined,
     });
   } catch (e) {
     // A directory this run created and left holding only the writer lock goes too.
@@ -649,7 +714,24 @@ async function pipelineCommand(args: ParsedCommandLine, stages: Stage[], name: s
     await removeIfEmpty(created);
     throw e;
   }
-  if (json) return void console.log(JSON.stringify(manifest, null, 2));
+  const manifest = result.manifest;
+  if (json) {
+    return void console.log(
+      JSON.stringify(manifest ?? { out: config.out, shards: result.shards, shard }, null, 2),
+    );
+  }
+  if (!manifest) {
+    const next = stages.includes("add") ? "knn merge" : "knn train-index";
+    console.log(
+      shard
+        ? `shard ${shard.index}/${shard.count} of ${config.out}: ${stages.join(", ")} done ` +
+          `(${join(config.out, SHARDS_DIR, String(shard.index))}); once every shard is done: ` +
+          `${next} --out ${config.out}`
+        : `${result.shards} shards of ${config.out}: ${stages.join(", ")} done ` +
+          `(${join(config.out, SHARDS_DIR)}); next: ${next} --out ${config.out}`,
+    );
+    return;
+  }
   const p = datastorePaths(config.out);
   console.log(
     `datastore ${config.out}: ${manifest.keys.shape[0]} keys of width ${manifest.keys.shape[1]}` +
@@ -658,6 +740,7 @@ async function pipelineCommand(args: ParsedCommandLine, stages: Stage[], name: s
         : manifest.trained
         ? `, trained ${manifest.trained.factory} (no keys added yet)`
         : "") +
+      (manifest.shards ? `, ${manifest.shards.count} shards` : "") +
       `\n  ${p.keys}\n  ${p.vals}` + (manifest.index ? `\n  ${p.index}` : "") +
       `\n  ${p.manifest}`,
   );

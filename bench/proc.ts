@@ -125,10 +125,20 @@ export interface RunMeasuredOptions {
   env?: Record<string, string>;
   /** Sampling interval in milliseconds. Default 20. */
   intervalMs?: number;
+  /**
+   * Also sample the process's descendants (worker processes): `peakTreeRssAnon` is then the
+   * largest sum of `RssAnon` over the whole tree at one sample, and `peakProcessRssAnon` the
+   * largest of any one process in it. Default false.
+   */
+  tree?: boolean;
 }
 
 /** What {@link runMeasured} observed. */
 export interface MeasuredRun extends MemoryPeaks {
+  /** With `tree`: the largest sum of `RssAnon` over the process and its descendants (bytes). */
+  peakTreeRssAnon?: number;
+  /** With `tree`: the largest `RssAnon` of any one process of the tree (bytes). */
+  peakProcessRssAnon?: number;
   /** Exit code. */
   code: number;
   /** Everything the process wrote on stdout. */
@@ -165,8 +175,18 @@ export async function runMeasured(opts: RunMeasuredOptions): Promise<MeasuredRun
   let finished = false;
   const output = child.output().finally(() => (finished = true));
   let peaks: MemoryPeaks = { samples: 0 };
+  let treeSum: number | undefined, treeMax: number | undefined;
   while (!finished) {
     peaks = foldPeaks(peaks, readProc(child.pid, "status", parseProcStatus));
+    if (opts.tree) {
+      let sum = 0;
+      for (const pid of descendants(child.pid)) {
+        const anon = readProc(pid, "status", parseProcStatus)?.rssAnon ?? 0;
+        sum += anon;
+        treeMax = Math.max(treeMax ?? 0, anon);
+      }
+      treeSum = Math.max(treeSum ?? 0, sum);
+    }
     peaks.cpuSeconds = readProc(child.pid, "stat", parsePidCpuSeconds) ?? peaks.cpuSeconds;
     let timer: ReturnType<typeof setTimeout> | undefined;
     await Promise.race([
@@ -179,9 +199,30 @@ export async function runMeasured(opts: RunMeasuredOptions): Promise<MeasuredRun
   const decoder = new TextDecoder();
   return {
     ...peaks,
+    ...(opts.tree ? { peakTreeRssAnon: treeSum, peakProcessRssAnon: treeMax } : {}),
     code: out.code,
     stdout: decoder.decode(out.stdout),
     stderr: decoder.decode(out.stderr),
     wallSeconds: (performance.now() - t0) / 1000,
   };
+}
+
+/** `pid` and all its descendants, from `/proc/<pid>/task/<tid>/children` (Linux ≥ 3.5). */
+export function descendants(pid: number): number[] {
+  const out = [pid];
+  for (let i = 0; i < out.length; i++) {
+    let tasks: string[] = [];
+    try {
+      tasks = [...Deno.readDirSync(`/proc/${out[i]}/task`)].map((e) => e.name);
+    } catch {
+      continue; // gone
+    }
+    for (const tid of tasks) {
+      try {
+        const text = Deno.readTextFileSync(`/proc/${out[i]}/task/${tid}/children`).trim();
+        if (text) out.push(...text.split(/\s+/).map(Number));
+      } catch { /* gone */ }
+    }
+  }
+  return out;
 }

@@ -9,8 +9,10 @@
  *
  * `--test-deps` (used by `deno task test`) also makes sure the interop tests can run: Debian's
  * `/usr/bin/python3` with numpy and FAISS (`python3-numpy python3-faiss`), which read what the
- * toolkit writes, and the browser test of `knn serve`'s page: Debian's `chromium`, driven by
- * playwright-core. They are test dependencies only, never needed by the toolkit itself.
+ * toolkit writes; the browser test of `knn serve`'s page: Debian's `chromium`, driven by
+ * playwright-core; and, where apt-get may run (root or passwordless sudo), Slurm and MUNGE
+ * (`slurm-wlm munge`) for the test that runs the example Slurm scripts on a one-node cluster.
+ * They are test dependencies only, never needed by the toolkit itself.
  *
  * @module
  */
@@ -138,6 +140,31 @@ function ensureBrowser(noInstall: boolean): void {
   if (!runs()) fail(`${reason} after install`, cmd);
 }
 
+const SLURM_PACKAGES = ["slurm-wlm", "munge"];
+const SLURM_COMMANDS = ["slurmctld", "slurmd", "sbatch", "munged"];
+
+// tests/slurm_test.ts starts munged, slurmctld and slurmd on localhost (as root). Where apt-get
+// may not run, the test is skipped (it needs root anyway): say so, do not fail.
+function ensureSlurm(noInstall: boolean): void {
+  const missing = SLURM_COMMANDS.filter((c) => !runSync("sh", ["-c", `command -v ${c}`]).ok);
+  if (missing.length === 0) {
+    note(`slurm test: ${SLURM_COMMANDS.join(", ")} found`);
+    return;
+  }
+  const reason = `slurm test: missing ${missing.join(", ")}`;
+  const prefix = isDebianLike() && !noInstall ? aptPrefix() : null;
+  if (prefix === null) {
+    say(
+      `${reason}; the Slurm test needs them (and root): apt-get install ${
+        SLURM_PACKAGES.join(" ")
+      }`,
+    );
+    return;
+  }
+  say(`${reason}; installing ${SLURM_PACKAGES.join(" ")} with apt-get`);
+  aptInstall(prefix, SLURM_PACKAGES);
+}
+
 function describe(tc: FaissToolchain): string {
   const pkg = tc.packageVersion ? ` (libfaiss-dev ${tc.packageVersion})` : "";
   return `FAISS ${tc.faissVersion ?? "?"}${pkg} at ${tc.library}, compiler ${tc.compilerVersion}`;
@@ -159,8 +186,9 @@ function main(): void {
       "Usage: deno task setup [--force] [--no-install] [--test-deps] [--verbose]\n" +
         "  --force       recompile the shim even when the cache has it\n" +
         "  --no-install  never run apt-get; print the command instead\n" +
-        "  --test-deps   also ensure /usr/bin/python3 has numpy and faiss (interop tests)\n" +
-        "                and /usr/bin/chromium (the browser test of knn serve)\n" +
+        "  --test-deps   also ensure /usr/bin/python3 has numpy and faiss (interop tests),\n" +
+        "                /usr/bin/chromium (the browser test of knn serve), and Slurm and\n" +
+        "                MUNGE where apt-get may run (the Slurm test)\n" +
         "  --verbose     also say what was found when nothing needs doing",
     );
     return;
@@ -170,6 +198,7 @@ function main(): void {
   if (values["test-deps"]) {
     ensureTestDeps(!!values["no-install"]);
     ensureBrowser(!!values["no-install"]);
+    ensureSlurm(!!values["no-install"]);
   }
   const explicit = Deno.env.get(LIB_ENV);
   if (explicit) {

@@ -96,12 +96,16 @@ const SETTINGS_BUILD = [
   "seed",
   "invlists",
 ];
-const BUILD_OPTIONS = ["config", "force", "json", "verbose", "help", ...SETTINGS_BUILD];
+const buildOptions = (
+  ...own: string[]
+) => ["config", ...own, "json", "verbose", "help", ...SETTINGS_BUILD];
+const BUILD_OPTIONS = buildOptions("force");
 const EXPECTED_OPTIONS: Record<string, string[]> = {
-  "build-index": BUILD_OPTIONS,
-  gather: BUILD_OPTIONS,
+  "build-index": buildOptions("force", "shards", "workers"),
+  gather: buildOptions("force", "shard", "shards", "workers"),
   "train-index": BUILD_OPTIONS,
-  add: BUILD_OPTIONS,
+  add: buildOptions("force", "shard", "shards", "workers"),
+  merge: buildOptions("shards"),
   info: ["json", "verbose", "help"],
   model: ["json", "verbose", "help"],
   eval: [
@@ -204,11 +208,16 @@ const BUILD_NUMERIC: Record<string, Accepts> = {
   seed: { "0": true },
   "index.seed": { "0": true },
 };
+const SHARDED_NUMERIC: Record<string, Accepts> = { ...BUILD_NUMERIC, shards: {}, workers: {} };
 const NUMERIC: Record<string, { base: string[]; flags: Record<string, Accepts> }> = {
-  "build-index": { base: ["--model", "/nonexistent/m.onnx"], flags: BUILD_NUMERIC },
-  gather: { base: ["--model", "/nonexistent/m.onnx"], flags: BUILD_NUMERIC },
+  "build-index": { base: ["--model", "/nonexistent/m.onnx"], flags: SHARDED_NUMERIC },
+  gather: { base: ["--model", "/nonexistent/m.onnx"], flags: SHARDED_NUMERIC },
   "train-index": { base: ["--model", "/nonexistent/m.onnx"], flags: BUILD_NUMERIC },
-  add: { base: ["--model", "/nonexistent/m.onnx"], flags: BUILD_NUMERIC },
+  add: { base: ["--model", "/nonexistent/m.onnx"], flags: SHARDED_NUMERIC },
+  merge: {
+    base: ["--model", "/nonexistent/m.onnx"],
+    flags: { ...BUILD_NUMERIC, shards: {} },
+  },
   eval: {
     base: ["--datastore", "/nonexistent/ds"],
     flags: {

@@ -2,7 +2,9 @@
 # submitting shell's environment by default):
 #   KNN       how to run the knn CLI   (default: deno run --allow-all <repo>/cli.ts)
 #   KNN_OUT   the datastore directory, on a filesystem every node shares (required)
-#   KNN_ARGS  further options for every stage, e.g. "--config knnlm.jsonc --max-tokens 200000"
+#   KNN_ARGS  the datastore's settings, the same for every stage, e.g.
+#             "--config knnlm.jsonc --max-tokens 200000" (settings only: every stage takes them)
+# The shard (I of N) of gather and add comes from SLURM_ARRAY_TASK_ID / SLURM_ARRAY_TASK_COUNT.
 set -euo pipefail
 REPO=${KNN_REPO:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
 KNN=${KNN:-deno run --allow-all "$REPO/cli.ts"}

@@ -2,7 +2,9 @@
 # Submits the four stages as Slurm jobs chained with --dependency=afterok:
 #   gather (array of N) → train (1) → add (array of N) → merge (1)
 # Usage: KNN_OUT=/shared/ds [SHARDS=4] [KNN_ARGS="..."] examples/slurm/submit.sh [--wait]
-# With --wait, returns when merge has finished (its exit status is the pipeline's).
+# With --wait, returns when merge has finished (its exit status is the pipeline's). A failed
+# stage cancels the ones after it (afterok); resubmitting resumes: finished shards are skipped.
+# tests/slurm_test.ts runs this on a one-node cluster (tests/slurm/local_cluster.sh).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 export KNN_REPO=${KNN_REPO:-$(cd "$here/../.." && pwd)}

@@ -75,7 +75,10 @@ export function openNpyChecked(
 }
 
 /** Problems with `keys.npy` and `vals.npy` (missing, truncated, other dtype or shape). */
-export function gatheredProblems(dir: string, m: DatastoreManifest): KnnError[] {
+export function gatheredProblems(
+  dir: string,
+  m: Pick<DatastoreManifest, "keys" | "vals">,
+): KnnError[] {
   const paths = datastorePaths(dir);
   const out: KnnError[] = [];
   for (

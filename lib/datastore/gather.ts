@@ -3,7 +3,8 @@
  * one value per position into memory-mapped `.npy` files.
  *
  * Rows are written in position order (row i = the context ending at token i, value = token
- * i + 1). Work is checkpointed at batch boundaries: the arrays are flushed (msync) and then
+ * i + 1). A shard gathers a contiguous range of the windows (`windows`): its row 0 is then the
+ * first position of its first window, and batches are cut from that window on. Work is checkpointed at batch boundaries: the arrays are flushed (msync) and then
  * `gather.progress.json` records how many batches are done, so a re-run after a crash or
  * Ctrl-C continues from there. Batches are formed the same way on every run, so the resumed
  * result is byte-identical to an uninterrupted one.
@@ -31,13 +32,17 @@ export const CHECKSUM_BLOCK_ROWS = 65536;
 
 /**
  * `checksums.json`: sha256 of the data bytes (no header) of each block of `blockRows` rows of
- * `keys.npy` and `vals.npy`; block b covers rows [b·blockRows, min(rows, (b+1)·blockRows)).
+ * `keys.npy` and `vals.npy`; block b covers rows [b·blockRows, min(rows, (b+1)·blockRows)),
+ * or, when `starts` is given (a datastore merged from shards, whose blocks were summed while
+ * each shard was gathered), rows [starts[b], starts[b+1] ?? rows).
  */
 export interface GatherChecksums {
   /** Always "sha256". */
   algorithm: "sha256";
-  /** Rows per block. */
+  /** Rows per block (the most a block holds). */
   blockRows: number;
+  /** The first row of each block, when the blocks are not every `blockRows` rows. */
+  starts?: number[];
   /** Rows covered (all of them once the gather is complete). */
   rows: number;
   /** Hex sha256 per block of `keys.npy`. */
@@ -125,6 +130,12 @@ export interface GatherOptions {
   signal?: AbortSignal;
   /** Rows per checksummed block. Default {@link CHECKSUM_BLOCK_ROWS}. */
   checksumRows?: number;
+  /**
+   * Windows [first, end) of the plan to gather (a shard); default all. Batches are cut from
+   * `first`, so a shard's model calls are a one-process gather's when `first` is a multiple of
+   * `batchSize` (as `shardRange` makes it).
+   */
+  windows?: [number, number];
 }
 
 /** Result of {@link gather}. */
@@ -133,9 +144,11 @@ export interface GatherResult {
   fingerprint: GatherFingerprint;
   /** Rows in `keys.npy` / `vals.npy`. */
   rows: number;
+  /** The position (global row) of row 0: 0 unless a shard was gathered. */
+  rowStart: number;
   /** Key width. */
   dModel: number;
-  /** Number of model windows. */
+  /** Number of model windows gathered. */
   windows: number;
   /** Rows found done from an earlier run. */
   resumedFrom: number;
@@ -145,6 +158,8 @@ export interface GatherResult {
 
 interface ProgressFile {
   fingerprint: GatherFingerprint;
+  /** Windows [first, end) being gathered (absent in checkpoints of older versions: all). */
+  windows?: [number, number];
   dModel: number;
   batchesDone: number;
   rowsDone: number;
@@ -215,7 +230,18 @@ export async function gather(opts: GatherOptions): Promise<GatherResult> {
     throw new RangeError(`batchSize must be an integer ≥ 1, found ${batchSize}`);
   }
   const plan = planWindows(tokens.length, seqLen, stride);
-  const rows = plan.positions;
+  const [wFirst, wEnd] = opts.windows ?? [0, plan.count];
+  if (
+    !(Number.isSafeInteger(wFirst) && Number.isSafeInteger(wEnd) && 0 <= wFirst && wFirst < wEnd &&
+      wEnd <= plan.count)
+  ) {
+    throw new RangeError(
+      `windows must be a range within 0..${plan.count}, found [${wFirst}, ${wEnd})`,
+    );
+  }
+  // Rows [rowStart, rowStart + rows) of the whole datastore; row r here is position rowStart + r.
+  const rowStart = plan.at(wFirst).scoreFrom;
+  const rows = plan.at(wEnd - 1).end - rowStart;
   const fingerprint: GatherFingerprint = {
     ...opts.identity,
     nTokens: tokens.length,
@@ -235,7 +261,16 @@ export async function gather(opts: GatherOptions): Promise<GatherResult> {
 
   // Resume from a checkpoint of the same gather, or start afresh (stale .tmp files are reset).
   const progress = await readJsonIfExists<ProgressFile>(paths.gatherProgress);
-  const nBatches = Math.ceil(plan.count / batchSize);
+  const nBatches = Math.ceil((wEnd - wFirst) / batchSize);
+  const [pFirst, pEnd] = progress?.windows ?? [0, plan.count];
+  if (progress && (pFirst !== wFirst || pEnd !== wEnd)) {
+    throw new KnnError(
+      "E_MISMATCH",
+      `${opts.dir}: holds an unfinished gather of windows [${pFirst}, ${pEnd}), not ` +
+        `[${wFirst}, ${wEnd}) (another shard count?); delete ${opts.dir} to start over`,
+      { path: paths.gatherProgress },
+    );
+  }
   if (progress && progress.batchesDone === nBatches) {
     // A finished gather that stopped before its files were renamed: finish the renames.
     refuseMismatch(opts.dir, progress.fingerprint, fingerprint, "an unfinished gather");
@@ -247,8 +282,9 @@ export async function gather(opts: GatherOptions): Promise<GatherResult> {
     return {
       fingerprint,
       rows,
+      rowStart,
       dModel: d,
-      windows: plan.count,
+      windows: wEnd - wFirst,
       resumedFrom: rows,
       seconds: (performance.now() - t0) / 1000,
     };
@@ -307,8 +343,14 @@ export async function gather(opts: GatherOptions): Promise<GatherResult> {
   try {
     // No "sequential" advice here: it slows writing fresh pages several-fold.
     const L = plan.length;
+    // Batch b of this gather is windows [wFirst + b·batchSize, …): the plan seen from wFirst.
+    const sub = wFirst === 0 && wEnd === plan.count ? plan : {
+      ...plan,
+      count: wEnd - wFirst,
+      at: (k: number) => plan.at(wFirst + k),
+    };
     const launch = (b: number) => {
-      const { first, count, tokens: input } = windowBatch(plan, tokens, batchSize, b);
+      const { first, count, tokens: input } = windowBatch(sub, tokens, batchSize, b);
       return { first, n: count, out: model.runKeys(input, count, L) };
     };
 
@@ -326,6 +368,7 @@ export async function gather(opts: GatherOptions): Promise<GatherResult> {
         paths.gatherProgress,
         {
           fingerprint,
+          windows: [wFirst, wEnd],
           dModel: d,
           batchesDone,
           rowsDone,
@@ -354,17 +397,17 @@ export async function gather(opts: GatherOptions): Promise<GatherResult> {
       const next = batchesDone + 1;
       pending = next < nBatches && !opts.signal?.aborted ? launch(next) : undefined;
       for (let j = 0; j < n; j++) {
-        const w = plan.at(first + j);
+        const w = sub.at(first + j);
         const from = (j * L + (w.scoreFrom - w.start)) * d;
         const src = out.subarray(from, from + (w.end - w.scoreFrom) * d);
-        const dst = keys.view(w.scoreFrom, w.end);
+        const dst = keys.view(w.scoreFrom - rowStart, w.end - rowStart);
         if (keyDtype === "float16") f32ArrayToF16(src, dst as Uint16Array);
         else (dst as Float32Array).set(src);
-        (vals.view(w.scoreFrom, w.end) as Int32Array).set(
+        (vals.view(w.scoreFrom - rowStart, w.end - rowStart) as Int32Array).set(
           tokens.subarray(w.scoreFrom + 1, w.end + 1),
         );
         sinceCheckpoint += w.end - w.scoreFrom;
-        rowsDone = w.end;
+        rowsDone = w.end - rowStart;
       }
       batchesDone = next;
       if (sinceCheckpoint >= checkpointRows || batchesDone === nBatches) await checkpoint();
@@ -388,8 +431,9 @@ export async function gather(opts: GatherOptions): Promise<GatherResult> {
   return {
     fingerprint,
     rows,
+    rowStart,
     dModel: d,
-    windows: plan.count,
+    windows: wEnd - wFirst,
     resumedFrom,
     seconds: (performance.now() - t0) / 1000,
   };

@@ -6,6 +6,13 @@
  * so a crash never leaves a stale lock. Readers take no lock: they rely on `datastore.json`
  * being written last and on files being replaced by rename, never rewritten in place.
  *
+ * Shards: the processes that gather or add one shard (`knn gather --shard I/N`, possibly on
+ * other machines sharing the file system) hold `DIR/.lock` *shared*, so they run at the same
+ * time while no datastore-wide writer (train, merge, build-index) can start, and each holds its
+ * shard directory's own lock (`DIR/shards/I/.lock`) exclusively, where it records itself. The
+ * worker processes of a `build-index` run take no datastore lock: their parent holds it for
+ * them ({@link DatastoreLock.heldBy} checks that).
+ *
  * @module
  */
 
@@ -30,25 +37,49 @@ export interface LockHolder {
   since: string;
 }
 
+/** Options of {@link DatastoreLock.acquire}. */
+export interface AcquireLockOptions {
+  /**
+   * `"exclusive"` (default): the only writer, recorded in the lock file. `"shared"`: one of
+   * several shard writers that may run together (nothing is recorded: each records itself in
+   * its shard directory's lock instead); excludes every exclusive holder.
+   */
+  mode?: "exclusive" | "shared";
+}
+
 /** A held writer lock; release it with `release()` or `using`. */
 export class DatastoreLock implements Disposable {
   /** The lock file. */
   readonly path: string;
-  /** What this process recorded in it. */
+  /** What this process recorded in it (a shared holder records nothing in the file). */
   readonly holder: LockHolder;
+  /** How it is held. */
+  readonly mode: "exclusive" | "shared";
   #file: Deno.FsFile | null;
 
-  private constructor(path: string, holder: LockHolder, file: Deno.FsFile) {
+  private constructor(
+    path: string,
+    holder: LockHolder,
+    file: Deno.FsFile,
+    mode: "exclusive" | "shared",
+  ) {
     this.path = path;
     this.holder = holder;
     this.#file = file;
+    this.mode = mode;
   }
 
   /**
    * Takes the writer lock of datastore directory `dir` (which must exist) for `command`, or
-   * throws `E_LOCKED` at once (never waits) naming the process that holds it.
+   * throws `E_LOCKED` at once (never waits) naming the process that holds it (for a lock held
+   * shared, the shard writers recorded in `dir/shards/*\/.lock`).
    */
-  static async acquire(dir: string, command: string): Promise<DatastoreLock> {
+  static async acquire(
+    dir: string,
+    command: string,
+    opts: AcquireLockOptions = {},
+  ): Promise<DatastoreLock> {
+    const mode = opts.mode ?? "exclusive";
     const path = join(dir, LOCK_FILE);
     let file: Deno.FsFile;
     try {
@@ -59,7 +90,7 @@ export class DatastoreLock implements Disposable {
     }
     let locked = false;
     try {
-      locked = await file.tryLock(true);
+      locked = await file.tryLock(mode === "exclusive");
     } catch (e) {
       file.close();
       throw fsError(e, path, "lock");
@@ -67,9 +98,11 @@ export class DatastoreLock implements Disposable {
     if (!locked) {
       const holder = await readHolder(path);
       file.close();
+      const shards = holder ? [] : await shardHolders(dir);
       const who = holder
-        ? `process ${holder.pid} (${holder.command})` +
-          (holder.host ? ` on ${holder.host}` : "") + ` since ${holder.since}`
+        ? describeHolder(holder)
+        : shards.length
+        ? `shard processes: ${shards.map(describeHolder).join(", ")}`
         : "another process";
       throw new KnnError(
         "E_LOCKED",
@@ -84,6 +117,7 @@ export class DatastoreLock implements Disposable {
     try {
       holder.host = Deno.hostname();
     } catch { /* no sys permission: the record names the pid only */ }
+    if (mode === "shared") return new DatastoreLock(path, holder, file, mode);
     try {
       const bytes = new TextEncoder().encode(JSON.stringify(holder) + "\n");
       await file.truncate(0);
@@ -93,7 +127,32 @@ export class DatastoreLock implements Disposable {
       file.close();
       throw fsError(e, path, "record the lock holder");
     }
-    return new DatastoreLock(path, holder, file);
+    return new DatastoreLock(path, holder, file, mode);
+  }
+
+  /**
+   * Checks, for a worker process of a `build-index` run, that process `pid` (its parent) holds
+   * the exclusive lock of `dir` on its behalf; throws `E_LOCKED` otherwise (the parent died, or
+   * someone else holds it).
+   */
+  static async heldBy(dir: string, pid: number): Promise<void> {
+    const path = join(dir, LOCK_FILE);
+    const holder = await readHolder(path);
+    let free = false;
+    try {
+      using file = await Deno.open(path, { read: true, write: true });
+      free = await file.tryLock(false);
+    } catch (e) {
+      throw fsError(e, path, "check the lock of");
+    }
+    if (free || holder?.pid !== pid) {
+      throw new KnnError(
+        "E_LOCKED",
+        `${dir}: expected process ${pid} to hold the datastore's lock for this worker, found ` +
+          (free ? "the lock free" : holder ? describeHolder(holder) : "another process"),
+        { path },
+      );
+    }
   }
 
   /** Whether `release()` has run. */
@@ -106,9 +165,11 @@ export class DatastoreLock implements Disposable {
     const file = this.#file;
     if (file === null) return;
     this.#file = null;
-    try {
-      file.truncateSync(0);
-    } catch { /* the record is informative only; the lock itself goes with close */ }
+    if (this.mode === "exclusive") {
+      try {
+        file.truncateSync(0);
+      } catch { /* the record is informative only; the lock itself goes with close */ }
+    }
     file.close();
   }
 
@@ -116,6 +177,23 @@ export class DatastoreLock implements Disposable {
   [Symbol.dispose](): void {
     this.release();
   }
+}
+
+function describeHolder(h: LockHolder): string {
+  return `process ${h.pid} (${h.command})` + (h.host ? ` on ${h.host}` : "") + ` since ${h.since}`;
+}
+
+/** The holders recorded in `dir/shards/*\/.lock` (those still locked or not: a hint only). */
+async function shardHolders(dir: string): Promise<LockHolder[]> {
+  const out: LockHolder[] = [];
+  try {
+    for await (const e of Deno.readDir(join(dir, "shards"))) {
+      if (!e.isDirectory) continue;
+      const h = await readHolder(join(dir, "shards", e.name, LOCK_FILE));
+      if (h) out.push(h);
+    }
+  } catch { /* no shards */ }
+  return out;
 }
 
 /** The holder recorded in a lock file, or `undefined` when it is empty or unreadable. */

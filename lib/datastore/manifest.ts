@@ -140,6 +140,12 @@ export interface DatastoreManifest {
   };
   /** Per-block checksums of `keys.npy` and `vals.npy` recorded while gathering. */
   checksums?: { file: string; algorithm: "sha256"; blockRows: number };
+  /**
+   * How the datastore was built in shards (absent: as one): their number, and the first row of
+   * each followed by n (shard i holds rows [rows[i], rows[i+1])). Adding again after a retrain
+   * uses the same shards.
+   */
+  shards?: { count: number; rows: number[] };
   /** Versions of the toolkit, Deno, ONNX Runtime and FAISS that made it. */
   versions: Record<string, string>;
 }

@@ -1,12 +1,15 @@
 /**
- * Index building: train a FAISS index on a seeded sample of the keys, save it, then add every
- * key with its row number as id, in blocks read straight from the memory-mapped `keys.npy`.
+ * Index building: train a FAISS index on a seeded sample of the keys, save it, then add the
+ * keys with their row numbers as ids, shard by shard ({@link addShard}: a range of rows,
+ * encoded into inverted lists in memory, read straight from the memory-mapped `keys.npy`), and
+ * merge the shards' lists into one index whose on-disk lists are each sized exactly
+ * ({@link mergeIndex}). A one-file datastore is one shard.
  *
  * Adding stops at block boundaries when its signal is raised: the partial index is saved
- * (`faiss.partial.index`, its on-disk lists in place) with `add.progress.json`, and the next
- * run resumes after the last finished block. A rebuild writes its on-disk lists under the
- * name the live index does not use ({@link IVFDATA_NAMES}), so the complete datastore stays
- * readable until `datastore.json` switches to the new index.
+ * (`faiss.partial.index`) with `add.progress.json`, and the next run resumes after the last
+ * finished block. A rebuild writes its on-disk lists under the name the live index does not
+ * use ({@link IVFDATA_NAMES}), so the complete datastore stays readable until `datastore.json`
+ * switches to the new index.
  *
  * The defaults (`DEFAULT_CONFIG.index`) follow the reference pipeline (IVF with an IndexFlatL2 quantizer, 2048 centroids,
  * 64-byte PQ codes of 8 bits, nprobe 8, 200k training keys); {@link planIndex} clamps them,
@@ -21,7 +24,8 @@ import { MappedArray } from "../storage/mmap.ts";
 import { ensureFreeSpace } from "../storage/space.ts";
 import { KnnError } from "../core/errors.ts";
 import { sha256File } from "../core/_hash.ts";
-import { readJsonIfExists, removeIfExists, writeJsonAtomic } from "../core/_atomic.ts";
+import { readJsonIfExists, removeIfExists, renameFile, writeJsonAtomic } from "../core/_atomic.ts";
+import type { ShardAddRecord } from "./shards.ts";
 import { datastorePaths, type IndexParams, IVFDATA_NAMES, readManifest } from "./manifest.ts";
 import { ivfdataFile } from "./_checks.ts";
 import { sampleRows } from "./sample.ts";
@@ -162,14 +166,14 @@ export function bytesPerVector(p: IndexParams, d: number): number {
 }
 
 /**
- * Disk space that adding `n` keys takes, estimated: codes and ids, times 2.5 for on-disk lists
- * (FAISS rounds each list up to a power of two and leaves the slots it moved out of behind;
- * measured 2.35× at 100k keys), plus a page per list, plus the quantizer.
+ * Disk space that adding `n` keys takes: the shard index holding their codes and ids in memory
+ * lists (`ivf.index`), then, for on-disk lists, the merged `faiss.ivfdata`, each list sized
+ * exactly, plus a page per list, plus the quantizer.
  */
 export function estimateAddBytes(p: IndexParams, n: number, d: number): number {
   const raw = n * bytesPerVector(p, d);
   const ondisk = p.invlists === "disk" && p.nlist > 0;
-  return Math.ceil(ondisk ? raw * 2.5 + p.nlist * 8192 : raw) + p.nlist * d * 4 + (1 << 20);
+  return raw + (ondisk ? raw + p.nlist * 4096 : 0) + 2 * (p.nlist * d * 4) + (1 << 20);
 }
 
 /** Disk space of a trained, empty index: the coarse centroids and PQ codebooks, estimated. */
@@ -220,12 +224,39 @@ function vectorsOf(keys: MappedArray, start: number, end: number): Vectors {
     : { pointer: keys.pointer(start), n: end - start, dtype: "float32" };
 }
 
+/**
+ * Where some of a datastore's keys are: `rows` rows of the `.npy` file `file` from its row
+ * `fileRow` on, which are the datastore's rows [globalRow, globalRow + rows). A shard's own
+ * `keys.npy` is one range (`fileRow` 0); a merged `keys.npy` may be cut into several.
+ */
+export interface KeyRange {
+  /** The `.npy` file ([rows, d] float32 or float16). */
+  file: string;
+  /** First row of the file in the range. */
+  fileRow: number;
+  /** The datastore row (id) of that row. */
+  globalRow: number;
+  /** Number of rows. */
+  rows: number;
+}
+
+/** The whole of a `keys.npy` as one {@link KeyRange} starting at datastore row 0. */
+export function wholeKeys(file: string): KeyRange {
+  using keys = MappedArray.open(file, { mode: "r", dtypes: ["<f4", "<f2"] });
+  return { file, fileRow: 0, globalRow: 0, rows: keys.rows };
+}
+
 /** Options of {@link trainIndex}. */
 export interface TrainIndexOptions {
-  /** Datastore directory holding a complete `keys.npy`. */
+  /** Datastore directory: `faiss.trained.index` is written there. */
   dir: string;
   /** Parameters from {@link planIndex}. */
   params: IndexParams;
+  /**
+   * The datastore's keys, in row order, covering rows 0..n−1 (e.g. one per shard). Default:
+   * all of `dir/keys.npy`.
+   */
+  keys?: readonly KeyRange[];
   /**
    * Stops training at FAISS's next k-means check (within seconds) and rejects with the signal's
    * reason (a `KnnError` `E_INTERRUPTED` from the CLI); nothing is written.
@@ -234,42 +265,83 @@ export interface TrainIndexOptions {
 }
 
 /**
- * Trains an empty index on a seeded sample of keys (read in ascending row order) and writes
- * it to `faiss.trained.index`, so adding can restart without training again. Refuses with
- * `E_NO_SPACE` up front when the directory cannot hold the trained index.
+ * Trains an empty index on a seeded sample of keys and writes it to `faiss.trained.index`, so
+ * adding can restart without training again. The sample is drawn from the datastore's rows
+ * 0..n−1 and read in ascending row order, whichever files hold them, so a sharded datastore is
+ * trained on exactly the keys a one-file one is. Refuses with `E_NO_SPACE` up front when the
+ * directory cannot hold the trained index.
  */
 export async function trainIndex(
   opts: TrainIndexOptions,
 ): Promise<{ seconds: number; warnings: string[] }> {
   const t0 = performance.now();
   const paths = datastorePaths(opts.dir);
-  using keys = MappedArray.open(paths.keys, { mode: "r", dtypes: ["<f4", "<f2"] });
-  const d = keys.rowLength;
-  ensureFreeSpace(
-    opts.dir,
-    estimateTrainedBytes(opts.params, d),
-    `training ${opts.params.factory} (${paths.trainedIndex})`,
-  );
-  const rows = sampleRows(keys.rows, opts.params.trainSize, opts.params.seed);
-  // sample: [trainSize, d] in the keys' own dtype; float16 is widened in native code.
-  const sample = keys.dtype === "<f2"
-    ? new Uint16Array(rows.length * d)
-    : new Float32Array(rows.length * d);
-  keys.advise("random");
-  for (let i = 0; i < rows.length; i++) sample.set(keys.view(rows[i], rows[i] + 1), i * d);
-  if (opts.signal?.aborted) throw interrupted(opts.signal, "training interrupted before it began");
-  using index = newIndex(d, opts.params);
-  // warnings: FAISS's clustering warnings for a small sample, one line each (FAISS itself
-  // would print one per PQ sub-quantizer).
-  const { warnings } = await index.trainAsync(
-    sample instanceof Uint16Array ? { dtype: "float16", data: sample } : sample,
-    { signal: opts.signal },
-  );
-  writeIndexFile(index, paths.trainedIndex);
-  return { seconds: (performance.now() - t0) / 1000, warnings };
+  const ranges = opts.keys ?? [wholeKeys(paths.keys)];
+  const files = new Map<string, MappedArray>();
+  try {
+    const open = (file: string) => {
+      let a = files.get(file);
+      if (!a) {
+        a = MappedArray.open(file, { mode: "r", dtypes: ["<f4", "<f2"] });
+        a.advise("random");
+        files.set(file, a);
+      }
+      return a;
+    };
+    const first = open(ranges[0].file);
+    const d = first.rowLength, dtype = first.dtype;
+    let n = 0;
+    for (const r of ranges) {
+      const a = open(r.file);
+      if (
+        r.globalRow !== n || a.rowLength !== d || a.dtype !== dtype || r.fileRow + r.rows > a.rows
+      ) {
+        throw new KnnError(
+          "E_MISMATCH",
+          `${r.file}: rows [${r.fileRow}, ${r.fileRow + r.rows}) as datastore rows from ` +
+            `${r.globalRow} do not follow on from the keys before (${n} rows of ${dtype} [${d}])`,
+          { path: r.file },
+        );
+      }
+      n += r.rows;
+    }
+    ensureFreeSpace(
+      opts.dir,
+      estimateTrainedBytes(opts.params, d),
+      `training ${opts.params.factory} (${paths.trainedIndex})`,
+    );
+    const rows = sampleRows(n, opts.params.trainSize, opts.params.seed);
+    // sample: [trainSize, d] in the keys' own dtype; float16 is widened in native code.
+    const sample = dtype === "<f2"
+      ? new Uint16Array(rows.length * d)
+      : new Float32Array(rows.length * d);
+    let part = 0;
+    for (let i = 0; i < rows.length; i++) {
+      while (rows[i] >= ranges[part].globalRow + ranges[part].rows) part++;
+      const r = ranges[part];
+      const at = r.fileRow + rows[i] - r.globalRow;
+      sample.set(open(r.file).view(at, at + 1) as Float32Array | Uint16Array, i * d);
+    }
+    for (const a of files.values()) a.close();
+    files.clear();
+    if (opts.signal?.aborted) {
+      throw interrupted(opts.signal, "training interrupted before it began");
+    }
+    using index = newIndex(d, opts.params);
+    // warnings: FAISS's clustering warnings for a small sample, one line each (FAISS itself
+    // would print one per PQ sub-quantizer).
+    const { warnings } = await index.trainAsync(
+      sample instanceof Uint16Array ? { dtype: "float16", data: sample } : sample,
+      { signal: opts.signal },
+    );
+    writeIndexFile(index, paths.trainedIndex);
+    return { seconds: (performance.now() - t0) / 1000, warnings };
+  } finally {
+    for (const a of files.values()) a.close();
+  }
 }
 
-/** Progress of {@link addToIndex}. */
+/** Progress of {@link addShard} / {@link addToIndex}. */
 export interface AddProgress {
   /** Keys added, including those of an earlier, interrupted run. */
   done: number;
@@ -279,11 +351,27 @@ export interface AddProgress {
   resumedFrom?: number;
 }
 
-/** Options of {@link addToIndex}. */
-export interface AddOptions {
-  /** Datastore directory with `keys.npy` and `faiss.trained.index`. */
+/** File names of a shard add inside its directory. */
+export const SHARD_ADD_FILES = {
+  /** The finished shard index: the trained index with the shard's keys in memory lists. */
+  index: "ivf.index",
+  /** Its record ({@linkcode ShardAddRecord}). */
+  record: "ivf.json",
+  /** Checkpoint of an interrupted add. */
+  progress: "add.progress.json",
+  /** The partial index an interrupted add saved. */
+  partial: "faiss.partial.index",
+} as const;
+
+/** Options of {@link addShard}. */
+export interface AddShardOptions {
+  /** Directory the shard's index and checkpoints go to (a shard directory, or the datastore). */
   dir: string;
-  /** Parameters from {@link planIndex} (for nprobe). */
+  /** The keys to add; ids are their datastore rows. */
+  keys: KeyRange;
+  /** The trained, empty index (`faiss.trained.index`). */
+  trainedIndex: string;
+  /** Parameters from {@link planIndex}. */
   params: IndexParams;
   /** Keys per block (one `add_with_ids` call). Default: `params.addChunk`. */
   chunk?: number;
@@ -295,9 +383,231 @@ export interface AddOptions {
    * key added.
    */
   signal?: AbortSignal;
+  /**
+   * What the up-front free-space check names as the files being made. Default: the shard
+   * index.
+   */
+  spaceFor?: { bytes: number; what: string };
 }
 
-/** What {@link addToIndex} wrote. */
+/** `add.progress.json`: how far an interrupted add got. */
+interface AddCheckpoint {
+  /** sha256 of the `faiss.trained.index` the partial index grew from. */
+  trainedSha256: string;
+  /** Parameters of the index being built. */
+  params: IndexParams;
+  /** Rows of the keys being added, and their width. */
+  keys: [number, number];
+  /** Datastore row of the first key (absent in checkpoints of older versions: 0). */
+  globalRow?: number;
+  /** Keys added (rows [0, keysDone) of the range). */
+  keysDone: number;
+  /** Blocks added. */
+  blocksDone: number;
+  /** Always null: the partial index holds its lists itself. */
+  ivfdata: string | null;
+  /** True when `faiss.partial.index` holds exactly `keysDone` keys. */
+  saved: boolean;
+}
+
+/**
+ * Encodes a range of keys (ids = datastore rows) with the trained index into inverted lists
+ * in memory and writes them as `dir/ivf.index` (plus `dir/ivf.json`): one shard's part of the
+ * index, for {@link mergeIndex}. The keys are read straight from the memory map in blocks. A
+ * signal stops it at a block (or slice) boundary with the partial index saved; the next run
+ * resumes after the last key added. A finished shard index is returned as is when its record
+ * matches (same trained index, parameters and rows). Refuses with `E_NO_SPACE` up front when
+ * `dir` cannot hold the shard index (see {@link estimateAddBytes}).
+ */
+export async function addShard(
+  opts: AddShardOptions,
+): Promise<ShardAddRecord & { resumedFrom: number; skipped: boolean }> {
+  const t0 = performance.now();
+  const p = opts.params;
+  const chunk = opts.chunk ?? p.addChunk ?? DEFAULT_CONFIG.index.addChunk;
+  if (!Number.isInteger(chunk) || chunk < 1) {
+    throw new RangeError(`chunk must be an integer ≥ 1, found ${chunk}`);
+  }
+  const files = {
+    index: join(opts.dir, SHARD_ADD_FILES.index),
+    record: join(opts.dir, SHARD_ADD_FILES.record),
+    progress: join(opts.dir, SHARD_ADD_FILES.progress),
+    partial: join(opts.dir, SHARD_ADD_FILES.partial),
+  };
+  const { keys: range } = opts;
+  const rowsOf: [number, number] = [range.globalRow, range.globalRow + range.rows];
+  const trainedSha256 = await sha256File(opts.trainedIndex);
+  const done = await finishedShardAdd(opts.dir, trainedSha256, p, rowsOf);
+  if (done) return { ...done, resumedFrom: range.rows, skipped: true };
+
+  using keys = MappedArray.open(range.file, { mode: "r", dtypes: ["<f4", "<f2"] });
+  const d = keys.rowLength;
+  const n = range.rows;
+  if (range.fileRow + n > keys.rows) {
+    throw new KnnError(
+      "E_CORRUPT",
+      `${range.file}: ${keys.rows} rows, but rows [${range.fileRow}, ${
+        range.fileRow + n
+      }) are to be added`,
+      { path: range.file },
+    );
+  }
+  const cp = await readJsonIfExists<AddCheckpoint>(files.progress);
+  let index: FaissIndex | undefined;
+  let start = 0;
+  let blocksDone = 0;
+  if (
+    cp?.saved && cp.trainedSha256 === trainedSha256 && sameIndexParams(cp.params, p) &&
+    cp.keys[0] === n && cp.keys[1] === d && (cp.globalRow ?? 0) === range.globalRow &&
+    cp.ivfdata === null
+  ) {
+    try {
+      index = FaissIndex.read(files.partial);
+    } catch {
+      index = undefined; // unreadable: start over below
+    }
+    if (index && index.ntotal === cp.keysDone && index.d === d) {
+      start = cp.keysDone;
+      blocksDone = cp.blocksDone;
+    } else {
+      index?.close();
+      index = undefined;
+    }
+  }
+  try {
+    if (!index) {
+      await removeIfExists(files.partial);
+      await removeIfExists(files.progress);
+      index = FaissIndex.read(opts.trainedIndex);
+      if (index.d !== d) {
+        throw new KnnError(
+          "E_MISMATCH",
+          `${opts.trainedIndex}: index dimension ${index.d} does not match ${range.file} ` +
+            `rows of ${d} (train the index again)`,
+          { path: opts.trainedIndex },
+        );
+      }
+      if (index.ntotal !== 0) {
+        throw new KnnError(
+          "E_CORRUPT",
+          `${opts.trainedIndex}: expected an empty trained index, found ${index.ntotal} vectors`,
+          { path: opts.trainedIndex },
+        );
+      }
+      const space = opts.spaceFor ?? {
+        bytes: n * bytesPerVector(p, d) + (1 << 20),
+        what: `adding ${n} keys to ${p.factory} (${files.index})`,
+      };
+      ensureFreeSpace(opts.dir, space.bytes, space.what);
+    }
+    const checkpoint = (keysDone: number) =>
+      writeJsonAtomic(
+        files.progress,
+        {
+          trainedSha256,
+          params: p,
+          keys: [n, d],
+          globalRow: range.globalRow,
+          keysDone,
+          blocksDone,
+          ivfdata: null,
+          saved: true,
+        } satisfies AddCheckpoint,
+      );
+
+    keys.advise("sequential");
+    const resumedFrom = start;
+    opts.onProgress?.({ done: start, total: n, resumedFrom });
+    // Saves the index holding rows [0, ntotal) and stops: the safe point of a signal.
+    const stop = async (): Promise<never> => {
+      const added = index!.ntotal;
+      writeIndexFile(index!, files.partial);
+      await checkpoint(added);
+      throw interrupted(
+        opts.signal,
+        `add interrupted after ${added} of ${n} keys (${blocksDone} blocks); run it again to resume`,
+      );
+    };
+    for (let s = start; s < n; s += chunk) {
+      if (opts.signal?.aborted) await stop();
+      const end = Math.min(n, s + chunk);
+      const ids = new BigInt64Array(end - s);
+      for (let i = 0; i < ids.length; i++) ids[i] = BigInt(range.globalRow + s + i);
+      try {
+        await index.addWithIdsAsync(vectorsOf(keys, range.fileRow + s, range.fileRow + end), ids, {
+          signal: opts.signal,
+        });
+      } catch (e) {
+        // Stopped between FAISS's slices: the rows of the slices added so far stay, in order.
+        if (KnnError.is(e, "E_INTERRUPTED") && opts.signal?.aborted) await stop();
+        throw e;
+      }
+      // Read and encoded: the keys' pages are not needed again by this process.
+      keys.advise("dontneed", range.fileRow + s, range.fileRow + end);
+      blocksDone++;
+      opts.onProgress?.({ done: end, total: n, resumedFrom });
+    }
+    if (p.nlist > 0) index.nprobe = p.nprobe;
+    const ntotal = index.ntotal;
+    writeIndexFile(index, files.index);
+    index.close();
+    const record: ShardAddRecord = {
+      trainedSha256,
+      params: p,
+      rows: rowsOf,
+      ntotal,
+      bytes: (await Deno.stat(files.index)).size,
+      seconds: (performance.now() - t0) / 1000,
+    };
+    await writeJsonAtomic(files.record, record);
+    await removeIfExists(files.progress);
+    await removeIfExists(files.partial);
+    return { ...record, resumedFrom, skipped: false };
+  } finally {
+    if (index && !index.closed) index.close();
+  }
+}
+
+/**
+ * The record of a finished shard add in `dir` when it still holds: the same trained index,
+ * parameters and rows, and `ivf.index` of the recorded size. Otherwise undefined.
+ */
+export async function finishedShardAdd(
+  dir: string,
+  trainedSha256: string,
+  params: IndexParams,
+  rows: [number, number],
+): Promise<ShardAddRecord | undefined> {
+  const rec = await readJsonIfExists<ShardAddRecord>(join(dir, SHARD_ADD_FILES.record))
+    .catch(() => undefined);
+  if (
+    !rec || rec.trainedSha256 !== trainedSha256 || !sameIndexParams(rec.params, params) ||
+    rec.rows?.[0] !== rows[0] || rec.rows?.[1] !== rows[1] ||
+    rec.ntotal !== rows[1] - rows[0]
+  ) return undefined;
+  try {
+    if ((await Deno.stat(join(dir, SHARD_ADD_FILES.index))).size !== rec.bytes) return undefined;
+  } catch {
+    return undefined;
+  }
+  return rec;
+}
+
+/** Options of {@link mergeIndex}. */
+export interface MergeIndexOptions {
+  /** Datastore directory: `faiss.index` (and its lists file) are written there. */
+  dir: string;
+  /** The shards' `ivf.index` files, in row order. */
+  shards: readonly string[];
+  /** The trained, empty index they were encoded with. */
+  trainedIndex: string;
+  /** Parameters from {@link planIndex}. */
+  params: IndexParams;
+  /** Aborting stops the merge with `E_INTERRUPTED` (nothing is left under a final name). */
+  signal?: AbortSignal;
+}
+
+/** What {@link mergeIndex} (and {@link addToIndex}) wrote. */
 export interface AddResult {
   /** Vectors in the index. */
   ntotal: number;
@@ -311,169 +621,135 @@ export interface AddResult {
   ivfdata?: { file: string; bytes: number };
 }
 
-/** `add.progress.json`: how far an interrupted add got. */
-interface AddCheckpoint {
-  /** sha256 of the `faiss.trained.index` the partial index grew from. */
-  trainedSha256: string;
-  /** Parameters of the index being built. */
+/**
+ * Makes the datastore's `faiss.index` from the shards' indexes: for on-disk lists (IVF,
+ * `invlists: "disk"`), FAISS's `merge_ondisk` recipe — one lists file, each list sized exactly
+ * (shard 0's entries, then shard 1's, …), under the name the live index does not use
+ * ({@link IVFDATA_NAMES}); otherwise the single shard's index as it is. Writes `faiss.index`
+ * atomically; `datastore.json` is the caller's to update.
+ */
+export async function mergeIndex(opts: MergeIndexOptions): Promise<AddResult> {
+  const t0 = performance.now();
+  const paths = datastorePaths(opts.dir);
+  const p = opts.params;
+  const ondisk = p.invlists === "disk" && p.nlist > 0;
+  if (!ondisk) {
+    if (opts.shards.length !== 1) {
+      throw new KnnError(
+        "E_CONFIG",
+        `${opts.dir}: ${opts.shards.length} shards can only be merged into on-disk inverted ` +
+          `lists (an IVF index with invlists "disk"), not ${p.factory} with invlists "${p.invlists}"`,
+        { key: "index.invlists" },
+      );
+    }
+    await renameFile(opts.shards[0], paths.index);
+    using index = FaissIndex.read(paths.index, { mmap: true });
+    return {
+      ntotal: index.ntotal,
+      seconds: (performance.now() - t0) / 1000,
+      resumedFrom: 0,
+      bytes: (await Deno.stat(paths.index)).size,
+    };
+  }
+  // Never the file the live index reads: readers of the complete datastore keep it.
+  const live = ivfdataFile((await readManifest(opts.dir))?.index);
+  const ivfName = IVFDATA_NAMES.find((name) => name !== live)!;
+  const ivfPath = resolve(join(opts.dir, ivfName));
+  let listBytes = 0;
+  for (const s of opts.shards) listBytes += (await Deno.stat(s)).size;
+  ensureFreeSpace(
+    opts.dir,
+    listBytes + p.nlist * 4096 + (1 << 20),
+    `merging ${opts.shards.length} shard indexes into ${ivfName} and ${paths.index}`,
+  );
+  await removeIfExists(ivfPath);
+  using trained = FaissIndex.read(opts.trainedIndex);
+  let merged: FaissIndex | undefined;
+  try {
+    merged = await FaissIndex.mergeOnDisk({
+      trained,
+      shards: opts.shards,
+      ivfdata: ivfPath,
+      signal: opts.signal,
+    });
+    merged.nprobe = p.nprobe;
+    writeIndexFile(merged, paths.index);
+    const ntotal = merged.ntotal;
+    merged.close();
+    return {
+      ntotal,
+      seconds: (performance.now() - t0) / 1000,
+      resumedFrom: 0,
+      bytes: (await Deno.stat(paths.index)).size,
+      ivfdata: { file: ivfName, bytes: (await Deno.stat(ivfPath)).size },
+    };
+  } catch (e) {
+    merged?.close();
+    await removeIfExists(ivfPath);
+    throw e;
+  }
+}
+
+/** Options of {@link addToIndex}. */
+export interface AddOptions {
+  /** Datastore directory with `keys.npy` and `faiss.trained.index`. */
+  dir: string;
+  /** Parameters from {@link planIndex} (for nprobe). */
   params: IndexParams;
-  /** Shape of `keys.npy`. */
-  keys: [number, number];
-  /** Keys added (rows [0, keysDone)). */
-  keysDone: number;
-  /** Blocks added. */
-  blocksDone: number;
-  /** On-disk inverted lists file of the partial index, or null. */
-  ivfdata: string | null;
-  /**
-   * True when `faiss.partial.index` (and its lists) hold exactly `keysDone` keys; false while
-   * adding is under way (after a crash then, the lists may have moved on: start over).
-   */
-  saved: boolean;
+  /** Keys per block (one `add_with_ids` call). Default: `params.addChunk`. */
+  chunk?: number;
+  /** Called after every block. */
+  onProgress?: (p: AddProgress) => void;
+  /** See {@link AddShardOptions.signal}. */
+  signal?: AbortSignal;
 }
 
 /**
- * Adds every key (id = row number) to the trained index, straight from the memory map, and
- * writes `faiss.index` atomically. Resumes an add that its signal stopped (see
- * {@link AddOptions.signal}); refuses with `E_NO_SPACE` up front when the directory cannot hold
- * the index (see {@link estimateAddBytes}).
+ * Adds every key of `dir/keys.npy` (id = row number) to the trained index and writes
+ * `faiss.index`: {@link addShard} over all the keys, then {@link mergeIndex} of that one
+ * shard. Resumes an add that its signal stopped; refuses with `E_NO_SPACE` up front when the
+ * directory cannot hold the index (see {@link estimateAddBytes}).
  */
 export async function addToIndex(opts: AddOptions): Promise<AddResult> {
   const t0 = performance.now();
   const paths = datastorePaths(opts.dir);
-  const chunk = opts.chunk ?? opts.params.addChunk ?? DEFAULT_CONFIG.index.addChunk;
-  if (!Number.isInteger(chunk) || chunk < 1) {
-    throw new RangeError(`chunk must be an integer ≥ 1, found ${chunk}`);
-  }
+  const keys = wholeKeys(paths.keys);
+  const d = (() => {
+    using k = MappedArray.open(paths.keys, { mode: "r", dtypes: ["<f4", "<f2"] });
+    return k.rowLength;
+  })();
   const p = opts.params;
-  using keys = MappedArray.open(paths.keys, { mode: "r", dtypes: ["<f4", "<f2"] });
-  const n = keys.rows, d = keys.rowLength;
-  const trainedSha256 = await sha256File(paths.trainedIndex);
   const ondisk = p.invlists === "disk" && p.nlist > 0;
-
-  const cp = await readJsonIfExists<AddCheckpoint>(paths.addProgress);
-  let index: FaissIndex | undefined;
-  let start = 0;
-  let blocksDone = 0;
-  let ivfName: string | null = null;
-  if (
-    cp?.saved && cp.trainedSha256 === trainedSha256 && sameIndexParams(cp.params, p) &&
-    cp.keys[0] === n && cp.keys[1] === d && (cp.ivfdata !== null) === ondisk
-  ) {
-    // FAISS finds the lists beside the partial index (absolute, so `write` records it so).
-    try {
-      index = FaissIndex.read(resolve(paths.partialIndex));
-    } catch {
-      index = undefined; // unreadable: start over below
-    }
-    if (index && index.ntotal === cp.keysDone && index.d === d) {
-      start = cp.keysDone;
-      blocksDone = cp.blocksDone;
-      ivfName = cp.ivfdata;
-    } else {
-      index?.close();
-      index = undefined;
-    }
-  }
-  try {
-    if (!index) {
-      await removeIfExists(paths.partialIndex);
-      index = FaissIndex.read(paths.trainedIndex);
-      if (index.d !== d) {
-        throw new KnnError(
-          "E_MISMATCH",
-          `${paths.trainedIndex}: index dimension ${index.d} does not match ${paths.keys} ` +
-            `rows of ${d} (train the index again)`,
-          { path: paths.trainedIndex },
-        );
-      }
-      if (index.ntotal !== 0) {
-        throw new KnnError(
-          "E_CORRUPT",
-          `${paths.trainedIndex}: expected an empty trained index, found ${index.ntotal} vectors`,
-          { path: paths.trainedIndex },
-        );
-      }
-      ensureFreeSpace(
-        opts.dir,
-        estimateAddBytes(p, n, d),
-        `adding ${n} keys to ${p.factory} (${ondisk ? "faiss.ivfdata, " : ""}${paths.index})`,
-      );
-      if (ondisk) {
-        // Never the file the live index reads: readers of the complete datastore keep it.
-        const live = ivfdataFile((await readManifest(opts.dir))?.index);
-        ivfName = IVFDATA_NAMES.find((name) => name !== live)!;
-        const ivfPath = join(opts.dir, ivfName);
-        await removeIfExists(ivfPath);
-        // Codes go to a mapped file: the index grows in the page cache, not in this process.
-        // FAISS records this name in the index: absolute, so readers in any directory find it.
-        index.useOnDiskLists(resolve(ivfPath));
-      }
-    }
-    const checkpoint = (keysDone: number, saved: boolean) =>
-      writeJsonAtomic(
-        paths.addProgress,
-        {
-          trainedSha256,
-          params: p,
-          keys: [n, d],
-          keysDone,
-          blocksDone,
-          ivfdata: ivfName,
-          saved,
-        } satisfies AddCheckpoint,
-      );
-    // The lists are about to change: a saved partial index stops matching them.
-    await checkpoint(start, false);
-
-    keys.advise("sequential");
-    const resumedFrom = start;
-    opts.onProgress?.({ done: start, total: n, resumedFrom });
-    // Saves the index holding rows [0, ntotal) and stops: the safe point of a signal.
-    const stop = async (): Promise<never> => {
-      const done = index!.ntotal;
-      writeIndexFile(index!, paths.partialIndex);
-      await checkpoint(done, true);
-      throw interrupted(
-        opts.signal,
-        `add interrupted after ${done} of ${n} keys (${blocksDone} blocks); run it again to resume`,
-      );
-    };
-    for (let s = start; s < n; s += chunk) {
-      if (opts.signal?.aborted) await stop();
-      const end = Math.min(n, s + chunk);
-      const ids = new BigInt64Array(end - s);
-      for (let i = 0; i < ids.length; i++) ids[i] = BigInt(s + i);
-      try {
-        await index.addWithIdsAsync(vectorsOf(keys, s, end), ids, { signal: opts.signal });
-      } catch (e) {
-        // Stopped between FAISS's slices: the rows of the slices added so far stay, in order.
-        if (KnnError.is(e, "E_INTERRUPTED") && opts.signal?.aborted) await stop();
-        throw e;
-      }
-      blocksDone++;
-      opts.onProgress?.({ done: end, total: n, resumedFrom });
-    }
-    if (p.nlist > 0) index.nprobe = p.nprobe;
-    const ntotal = index.ntotal;
-    writeIndexFile(index, paths.index);
-    index.close();
-    await removeIfExists(paths.addProgress);
-    await removeIfExists(paths.partialIndex);
-    const bytes = (await Deno.stat(paths.index)).size;
-    const ivfdata = ivfName
-      ? { file: ivfName, bytes: (await Deno.stat(join(opts.dir, ivfName))).size }
-      : undefined;
-    return {
-      ntotal,
-      seconds: (performance.now() - t0) / 1000,
-      resumedFrom,
-      bytes,
-      ...(ivfdata ? { ivfdata } : {}),
-    };
-  } finally {
-    if (index && !index.closed) index.close();
-  }
+  const a = await addShard({
+    dir: opts.dir,
+    keys,
+    trainedIndex: paths.trainedIndex,
+    params: p,
+    chunk: opts.chunk,
+    onProgress: opts.onProgress,
+    signal: opts.signal,
+    spaceFor: {
+      bytes: estimateAddBytes(p, keys.rows, d),
+      what: `adding ${keys.rows} keys to ${p.factory} (${
+        ondisk ? "faiss.ivfdata, " : ""
+      }${paths.index})`,
+    },
+  });
+  const shardIndex = join(opts.dir, SHARD_ADD_FILES.index);
+  const m = await mergeIndex({
+    dir: opts.dir,
+    shards: [shardIndex],
+    trainedIndex: paths.trainedIndex,
+    params: p,
+    signal: opts.signal,
+  });
+  await removeIfExists(shardIndex);
+  await removeIfExists(join(opts.dir, SHARD_ADD_FILES.record));
+  return {
+    ...m,
+    resumedFrom: a.skipped ? 0 : a.resumedFrom,
+    seconds: (performance.now() - t0) / 1000,
+  };
 }
 
 /**
@@ -483,8 +759,7 @@ export async function addToIndex(opts: AddOptions): Promise<AddResult> {
  */
 export async function removeStaleIvfdata(dir: string): Promise<void> {
   const live = ivfdataFile((await readManifest(dir))?.index);
-  const cp = await readJsonIfExists<AddCheckpoint>(datastorePaths(dir).addProgress);
   for (const name of IVFDATA_NAMES) {
-    if (name !== live && name !== cp?.ivfdata) await removeIfExists(join(dir, name));
+    if (name !== live) await removeIfExists(join(dir, name));
   }
 }

@@ -286,9 +286,14 @@ async function checkSums(
   }
   const n = keys.rows;
   const B = sums?.blockRows ?? 0;
-  const blocks = B > 0 ? Math.ceil(n / B) : 0;
+  const starts = sums?.starts;
+  const blocks = starts ? starts.length : B > 0 ? Math.ceil(n / B) : 0;
+  const startsOk = !starts ||
+    starts.every((s, b) =>
+      Number.isSafeInteger(s) && (b === 0 ? s === 0 : s > starts[b - 1] && s < n)
+    );
   if (
-    !sums || sums.algorithm !== "sha256" || !(B > 0) || sums.rows !== n ||
+    !sums || sums.algorithm !== "sha256" || !(B > 0) || sums.rows !== n || !startsOk ||
     sums.keys?.length !== blocks || sums.vals?.length !== blocks
   ) {
     return add("checksums", `${paths.checksums}: missing or not for these ${n} rows`, [{
@@ -307,7 +312,8 @@ async function checkSums(
     ]] as const
   ) {
     for (let b = 0; b < blocks; b++) {
-      const start = b * B, end = Math.min(n, start + B);
+      const start = starts ? starts[b] : b * B;
+      const end = starts ? (starts[b + 1] ?? n) : Math.min(n, start + B);
       if (rowsSha256(arr, start, end) !== list[b]) {
         problems.push({
           code: "E_CORRUPT",
@@ -319,7 +325,11 @@ async function checkSums(
     }
     arr.advise("dontneed");
   }
-  add("checksums", `${blocks} blocks of ${B} rows of keys and values, sha256`, problems);
+  add(
+    "checksums",
+    `${blocks} blocks of ${starts ? "up to " : ""}${B} rows of keys and values, sha256`,
+    problems,
+  );
 }
 
 function checkIds(index: FaissIndex, n: number, path: string, add: Add): void {

@@ -19,6 +19,8 @@ export const LIBC_SYMBOLS = {
   access: { parameters: ["buffer", "i32"], result: "i32" },
   // ssize_t pread(int fd, void *buf, size_t count, off_t offset)
   pread: { parameters: ["i32", "buffer", "usize", "i64"], result: "isize" },
+  // ssize_t pwrite(int fd, const void *buf, size_t count, off_t offset)
+  pwrite: { parameters: ["i32", "buffer", "usize", "i64"], result: "isize" },
   // off_t lseek(int fd, off_t offset, int whence)
   lseek: { parameters: ["i32", "i64", "i32"], result: "i64" },
   // int ftruncate(int fd, off_t length)
@@ -36,6 +38,14 @@ export const LIBC_SYMBOLS = {
   msync: { parameters: ["pointer", "usize", "i32"], result: "i32" },
   // int madvise(void *addr, size_t length, int advice)
   madvise: { parameters: ["pointer", "usize", "i32"], result: "i32" },
+  // ssize_t copy_file_range(int fd_in, off64_t *off_in, int fd_out, off64_t *off_out,
+  //                         size_t len, unsigned int flags)
+  copy_file_range: {
+    parameters: ["i32", "buffer", "i32", "buffer", "usize", "u32"],
+    result: "isize",
+  },
+  // int fsync(int fd)
+  fsync: { parameters: ["i32"], result: "i32" },
   // int statvfs(const char *path, struct statvfs *buf)
   statvfs: { parameters: ["buffer", "buffer"], result: "i32" },
   // long sysconf(int name)
@@ -51,6 +61,7 @@ export const O_RDONLY = 0;
 export const O_RDWR = 0o2;
 export const O_CREAT = 0o100;
 export const O_EXCL = 0o200;
+export const O_TRUNC = 0o1000;
 export const O_CLOEXEC = 0o2000000;
 export const SEEK_END = 2;
 export const PROT_READ = 1;
@@ -85,7 +96,9 @@ const ERRNO_NAMES: Record<number, string> = {
   28: "ENOSPC",
   30: "EROFS",
   36: "ENAMETOOLONG",
+  38: "ENOSYS",
   95: "EOPNOTSUPP",
+  18: "EXDEV",
 };
 
 /** {@linkcode KnnError} codes for the errno values that have one; the rest are `E_IO`. */

@@ -38,3 +38,9 @@ export {
 } from "./npy.ts";
 export { f16ArrayToF32, f16ToF32, f32ArrayToF16, f32ToF16 } from "./half.ts";
 export { type DiskSpace, diskSpace, ensureFreeSpace, formatBytes } from "./space.ts";
+export {
+  concatNpy,
+  type ConcatNpyOptions,
+  type ConcatNpyResult,
+  COPY_BLOCK_BYTES,
+} from "./concat.ts";
