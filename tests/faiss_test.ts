@@ -692,3 +692,32 @@ Deno.test("mergeOnDisk refuses shards from another training with E_MISMATCH and 
     Deno.removeSync(dir, { recursive: true });
   }
 });
+
+Deno.test("storedIdBlocks yields every stored id once: per inverted list, id map, or sequential", () => {
+  const d = 8;
+  const n = 2_000;
+  const x = randomRows(n, d, 5);
+  const ids = BigInt64Array.from({ length: n }, (_, i) => BigInt(3 * i + 1));
+  const sorted = (blocks: Iterable<BigInt64Array>) =>
+    Array.from(blocks).flatMap((b) => Array.from(b)).sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
+  {
+    using ivf = FaissIndex.ivfpq({ d, nlist: 16, m: 4, nbits: 4 });
+    ivf.train(x);
+    ivf.addWithIds(x, ids);
+    const blocks = Array.from(ivf.storedIdBlocks());
+    assert.equal(blocks.length, 16, "one block per inverted list");
+    assert.deepEqual(sorted(blocks), Array.from(ids));
+    ivf.addWithIds(x.subarray(0, d), ids.subarray(0, 1)); // the same id stored twice
+    assert.equal(sorted(ivf.storedIdBlocks()).filter((v) => v === 1n).length, 2);
+  }
+  {
+    using idmap = FaissIndex.factory(d, "IDMap,Flat");
+    idmap.addWithIds(x, ids);
+    assert.deepEqual(sorted(idmap.storedIdBlocks()), Array.from(ids));
+  }
+  {
+    using flat = FaissIndex.factory(d, "Flat");
+    flat.add(x.subarray(0, 5 * d));
+    assert.deepEqual(sorted(flat.storedIdBlocks()), [0n, 1n, 2n, 3n, 4n]);
+  }
+});

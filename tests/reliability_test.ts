@@ -352,7 +352,9 @@ Deno.test("verify accepts a sound datastore and names the block of a flipped key
   const status = Object.fromEntries(
     report.checks.map((c: { name: string; status: string }) => [c.name, c.status]),
   );
-  for (const name of ["manifest", "keys", "vals", "values", "checksums", "index-files", "index"]) {
+  for (
+    const name of ["manifest", "keys", "vals", "values", "checksums", "index-files", "index", "ids"]
+  ) {
     assert.equal(status[name], "ok", name);
   }
   assert.equal(status["self-recall"], "ok");

@@ -84,7 +84,6 @@ export {
 } from "./build.ts";
 export { type AcquireLockOptions, DatastoreLock, LOCK_FILE, type LockHolder } from "./lock.ts";
 export {
-  type StoredIdBlocks,
   storedIdProblems,
   type VerifyCheck,
   type VerifyCheckName,

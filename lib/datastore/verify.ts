@@ -94,20 +94,6 @@ export interface VerifyOptions {
   onCheck?: (check: VerifyCheck) => void;
 }
 
-/**
- * The index capability the exact `ids` check uses: every stored id, in blocks (one inverted
- * list at a time). Planned for `FaissIndex` as `storedIdBlocks()`, backed by a shim call that
- * copies out an inverted list's ids; until the index layer has it, the check is skipped.
- */
-export interface StoredIdBlocks {
-  /** Yields the ids of every stored vector, a block (e.g. an inverted list) at a time. */
-  storedIdBlocks(): Iterable<BigInt64Array>;
-}
-
-function hasStoredIdBlocks(x: unknown): x is StoredIdBlocks {
-  return typeof (x as Partial<StoredIdBlocks>).storedIdBlocks === "function";
-}
-
 function problem(e: unknown): VerifyProblem {
   if (KnnError.is(e)) {
     return { code: e.code, message: e.message, ...(e.path ? { path: e.path } : {}) };
@@ -333,14 +319,6 @@ async function checkSums(
 }
 
 function checkIds(index: FaissIndex, n: number, path: string, add: Add): void {
-  if (!hasStoredIdBlocks(index)) {
-    return add(
-      "ids",
-      "needs FaissIndex.storedIdBlocks() (inverted-list iteration in the index layer)",
-      [],
-      true,
-    );
-  }
   const { count, problems } = storedIdProblems(index.storedIdBlocks(), n, path);
   add("ids", `${count} stored ids: each of 0..${n - 1} exactly once`, problems);
 }

@@ -1120,6 +1120,49 @@ KNNLM_API int knnlm_l2_rows(const float* queries, int64_t nq, int32_t d, const v
   });
 }
 
+// The ids stored in block block_no of index, for checking them: an IVF index (also under
+// IndexPreTransform / IndexRefine) has one block per inverted list; an IndexIDMap one block (its
+// id map); any other index one block of the sequential ids 0..ntotal-1. *nblocks and *size are
+// always set; the ids are copied into out only when cap >= *size (call again with room).
+KNNLM_API int knnlm_index_stored_ids(const void* index, int64_t block_no, int64_t* out,
+                                     int64_t cap, int64_t* size, int64_t* nblocks, char* err,
+                                     size_t errlen) {
+  return guarded(err, errlen, [&] {
+    faiss::Index* ix = const_cast<faiss::Index*>(as_index(index));
+    auto in_range = [&](int64_t n) {
+      *nblocks = n;
+      if (block_no < 0 || block_no >= n) {
+        throw std::invalid_argument("block " + std::to_string(block_no) + " of " +
+                                    std::to_string(n));
+      }
+    };
+    if (auto* idmap = dynamic_cast<faiss::IndexIDMap*>(ix)) {
+      in_range(1);
+      *size = static_cast<int64_t>(idmap->id_map.size());
+      if (out != nullptr && cap >= *size && *size > 0) {
+        std::memcpy(out, idmap->id_map.data(), static_cast<size_t>(*size) * sizeof(int64_t));
+      }
+      return;
+    }
+    faiss::IndexIVF* ivf = find_ivf(ix);
+    if (ivf == nullptr) {
+      in_range(1);
+      *size = ix->ntotal;
+      if (out != nullptr && cap >= *size) {
+        for (int64_t i = 0; i < *size; i++) out[i] = i;
+      }
+      return;
+    }
+    in_range(static_cast<int64_t>(ivf->nlist));
+    const size_t n = ivf->invlists->list_size(static_cast<size_t>(block_no));
+    *size = static_cast<int64_t>(n);
+    if (out != nullptr && cap >= *size && n > 0) {
+      faiss::InvertedLists::ScopedIds ids(ivf->invlists, static_cast<size_t>(block_no));
+      std::memcpy(out, ids.get(), n * sizeof(int64_t));
+    }
+  });
+}
+
 // nprobe of the IVF index inside index (directly, or under IndexIDMap / IndexPreTransform /
 // IndexRefine wrappers).
 KNNLM_API int knnlm_index_get_nprobe(const void* index, int64_t* out, char* err, size_t errlen) {

@@ -529,6 +529,43 @@ export class FaissIndex {
   }
 
   /**
+   * The ids of every stored vector, one block at a time: one inverted list of an IVF index (also
+   * under IndexPreTransform / IndexRefine), the id map of an IndexIDMap, or the sequential ids
+   * of any other index. For checking a datastore: ids 0..n−1 each stored once (`knn verify`).
+   * Reads the lists (on-disk lists: through the mapping) without loading them all at once.
+   */
+  *storedIdBlocks(): Generator<BigInt64Array> {
+    const size = new BigInt64Array(1);
+    const nblocks = new BigInt64Array(1);
+    let buf = new BigInt64Array(1024);
+    for (let b = 0; b < Number(nblocks[0] || 1n); b++) {
+      const ids = this.#sync("storedIdBlocks", "read", () => {
+        for (;;) {
+          const err = errBuf();
+          check(
+            this.#lib.symbols.knnlm_index_stored_ids(
+              this.#ptr,
+              BigInt(b),
+              buf,
+              BigInt(buf.length),
+              size,
+              nblocks,
+              err,
+              ERR_CAP,
+            ),
+            err,
+            "faiss stored ids",
+          );
+          const n = Number(size[0]);
+          if (n <= buf.length) return buf.slice(0, n);
+          buf = new BigInt64Array(n); // the list is longer: again with room for it
+        }
+      });
+      yield ids;
+    }
+  }
+
+  /**
    * The on-disk inverted lists of an IVF index (`useOnDiskLists`, or read from a file that has
    * them), or null when its lists are in memory or it has none.
    */

@@ -120,6 +120,11 @@ const symbols = {
   },
   // int knnlm_l2_rows(const float* queries, int64_t nq, int32_t d, const void* base, int32_t dtype, int64_t nbase, const int64_t* labels, int64_t k, float* out, char* err, size_t errlen)
   knnlm_l2_rows_async: { ...L2_ROWS, name: "knnlm_l2_rows", nonblocking: true },
+  // int knnlm_index_stored_ids(const void* index, int64_t block_no, int64_t* out, int64_t cap, int64_t* size, int64_t* nblocks, char* err, size_t errlen)
+  knnlm_index_stored_ids: {
+    parameters: ["pointer", "i64", "buffer", "i64", "buffer", "buffer", "buffer", "usize"],
+    result: "i32",
+  },
   // int knnlm_index_get_nprobe(const void* index, int64_t* out, char* err, size_t errlen)
   knnlm_index_get_nprobe: { parameters: ["pointer", "buffer", "buffer", "usize"], result: "i32" },
   // int knnlm_index_set_nprobe(void* index, int64_t nprobe, char* err, size_t errlen)
