@@ -8,21 +8,26 @@
 
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { Datastore } from "../mod.ts";
 import { arrays } from "./_child.ts";
 
-/** Labels and distances of every 7th key's 5 nearest neighbours, searching every list. */
+/**
+ * Labels and distances of every 7th key's 5 nearest neighbours, searching every list, computed
+ * in a child process (tests/fixtures/search_all.ts): thread settings are process-wide, and
+ * test files running beside this one change them.
+ */
 export async function searchAll(dir: string) {
-  using ds = await Datastore.open(dir);
-  ds.index.nprobe = ds.manifest.index!.nlist;
-  const d = ds.keys.rowLength;
-  const rows = Array.from({ length: Math.ceil(ds.size / 7) }, (_, i) => i * 7);
-  const q = new Float32Array(rows.length * d);
-  rows.forEach((r, i) => {
-    const row = ds.keys.view(r, r + 1);
-    q.set(row instanceof Float32Array ? row : new Float32Array(row as ArrayLike<number>), i * d);
-  });
-  return await ds.index.searchAsync(q, 5);
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", new URL("./fixtures/search_all.ts", import.meta.url).pathname, dir],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const dec = new TextDecoder();
+  assert.equal(out.code, 0, dec.decode(out.stderr));
+  const r = JSON.parse(dec.decode(out.stdout)) as { labels: string[]; distances: number[] };
+  return {
+    labels: BigInt64Array.from(r.labels, BigInt),
+    distances: Float32Array.from(r.distances),
+  };
 }
 
 /** Asserts that datastore `dir` equals `ref`: bytes of keys, values and lists; searches. */

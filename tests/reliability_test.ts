@@ -2,6 +2,7 @@
 // writer, readers during a rebuild, signals in every stage, damaged files and an nprobe change.
 // Each test asserts the error code or exit status, that nothing looks complete, and that a
 // rerun recovers to what an uninterrupted build gives. Disk-full rows: disk_full_test.ts.
+import { searchAll } from "./_equivalent.ts";
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { Datastore, KnnError, MappedArray } from "../mod.ts";
@@ -39,17 +40,6 @@ async function refCopy(name: string): Promise<string> {
   const out = join(root, name);
   await copyDir(await reference(), out);
   return out;
-}
-
-/** Labels and distances of every 13th key's 4 nearest neighbours, searching all lists. */
-async function searchAll(dir: string) {
-  using ds = await Datastore.open(dir);
-  ds.index.nprobe = ds.manifest.index!.nlist;
-  const d = ds.keys.rowLength;
-  const rows = Array.from({ length: Math.ceil(ds.size / 13) }, (_, i) => i * 13);
-  const q = new Float32Array(rows.length * d);
-  rows.forEach((r, i) => q.set(ds.keys.view(r, r + 1) as Float32Array, i * d));
-  return await ds.index.searchAsync(q, 4);
 }
 
 /** Asserts that `dir` is a complete datastore equal to the reference. */
