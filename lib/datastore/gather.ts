@@ -14,6 +14,10 @@
  * while writing through the mapping. Every block of {@link CHECKSUM_BLOCK_ROWS} rows is hashed
  * (sha256) once written; the sums go to `checksums.json` for `knn verify`.
  *
+ * With `kvCache` a model with past inputs runs the windows in segments carrying its KV cache:
+ * each window then computes only its new positions (see `kvSegmentKeys` and the README's "Bring
+ * your own model" for which keys equal the windowed ones).
+ *
  * @module
  */
 
