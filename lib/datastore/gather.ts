@@ -318,7 +318,7 @@ export async function gather(opts: GatherOptions): Promise<GatherResult> {
       throw new KnnError(
         "E_CONFIG",
         `kvCache is set but the model has no KV cache to carry (it needs ` +
-          `past_key_values.N.key/value inputs and present.N.key/value outputs)`,
+          `past_key_values.N.key/value inputs, present.N.key/value outputs and position_ids)`,
         { key: "kvCache", hint: "set kvCache to null, or export the model with past inputs" },
       );
     }

@@ -123,8 +123,8 @@ export class OnnxLm {
   readonly inputs: readonly InputInfo[];
   /**
    * Whether {@linkcode OnnxLm.keyStream} can carry a KV cache: the model is a decoder with
-   * past (`past_key_values.N.key/value` inputs, each with a `present.N.key/value` output) and
-   * not a merged decoder (which runs its no-cache branch).
+   * past (`past_key_values.N.key/value` inputs, each with a `present.N.key/value` output, and a
+   * `position_ids` input) and not a merged decoder (which runs its no-cache branch).
    */
   readonly acceptsPast: boolean;
 
@@ -221,7 +221,10 @@ export class OnnxLm {
         shape: i.type?.shape ?? null,
         role: inputRole(i.name),
       })),
+      // position_ids is required: a model that derives positions from the mask would number
+      // the new tokens from the cache's length, not from where the stream's positions are.
       acceptsPast: !inlined && feeds.some((f) => f.role === "past") &&
+        feeds.some((f) => f.role === "position_ids") &&
         feeds.every((f) =>
           f.role !== "past" || model.outputs.some((o) => o.name === presentOf(f.name))
         ),
@@ -296,8 +299,8 @@ export class OnnxLm {
     if (!this.acceptsPast) {
       throw new Error(
         `${this.modelPath}: no KV cache to carry: the model needs past_key_values.N.key/value ` +
-          `inputs with matching present.N.key/value outputs (a decoder-with-past export; a ` +
-          `merged decoder runs its no-cache branch)`,
+          `inputs with matching present.N.key/value outputs and a position_ids input (a ` +
+          `decoder-with-past export; a merged decoder runs its no-cache branch)`,
       );
     }
     let past: Record<string, ort.Tensor> | null = null;
