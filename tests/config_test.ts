@@ -276,7 +276,8 @@ Deno.test("DEFAULT_CONFIG is frozen and describeConfigKeys covers every key with
     (DEFAULT_CONFIG.eval.lambdas as number[]).push(1);
   });
   const rows = describeConfigKeys();
-  assert.equal(rows.length, 30); // tokenizer and eval.rerank among them
+  assert.equal(rows.length, 31); // tokenizer, eval.rerank and kvCache among them
+  assert.deepEqual(rows.find((r) => r.key === "kvCache")!.flags, ["--kv-cache"]);
   const tokenizer = rows.find((r) => r.key === "tokenizer")!;
   assert.deepEqual(tokenizer.flags, ["--tokenizer"]);
   assert.equal(tokenizer.default, "null");

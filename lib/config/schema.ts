@@ -86,6 +86,11 @@ export interface KnnlmConfig {
   stride: number;
   /** Windows per model call. */
   batchSize: number;
+  /**
+   * Gather with the model's KV cache, in segments of at most this many positions (the model's
+   * position table, e.g. 1024 for GPT-2); `null` runs every window whole (the default).
+   */
+  kvCache: number | null;
   /** Threads for ONNX Runtime and FAISS; 0 uses all cores. */
   threads: number;
   /** Stored dtype of the keys. */
@@ -313,6 +318,13 @@ const SCHEMA = {
     doc: "tokens the window advances by",
   },
   batchSize: { kind: "integer", min: 1, max: 4096, default: 8, doc: "windows per model call" },
+  kvCache: {
+    kind: "integer",
+    min: 2,
+    nullable: true,
+    default: null,
+    doc: "gather carrying the KV cache, ≤ this many positions a segment; null: windowed",
+  },
   threads: { kind: "integer", min: 0, max: 1024, default: 0, doc: "threads; 0: all cores" },
   keyDtype: {
     kind: "enum",

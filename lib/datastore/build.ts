@@ -276,6 +276,7 @@ export async function runPipeline(
       stride: config.stride,
       batchSize: config.batchSize,
       keyDtype: config.keyDtype,
+      ...(config.kvCache === null ? {} : { kvCache: config.kvCache }),
     };
     const input = gathering ? await loadInput(config, opts.signal) : undefined;
     if (input) {
@@ -303,6 +304,13 @@ export async function runPipeline(
     const onDisk = manifest ? undefined : await shardCountOnDisk(dir);
     const count = only?.count ?? opts.shards ?? manifest?.shards?.count ?? onDisk ?? 1;
     const workersFor = (shards: number) => Math.max(1, Math.min(opts.workers ?? threads, shards));
+    if (gathering && count > 1 && config.kvCache !== null) {
+      throw new KnnError(
+        "E_CONFIG",
+        `kvCache gathers in one process, but ${count} shards were asked for`,
+        { key: "kvCache", hint: "gather in one shard, or set kvCache to null" },
+      );
+    }
     if (!manifest && onDisk !== undefined && onDisk !== count) {
       if (opts.force && gathering) {
         await Deno.remove(join(dir, SHARDS_DIR), { recursive: true });
@@ -477,6 +485,7 @@ export async function runPipeline(
             stride: config.stride,
             batchSize: config.batchSize,
             keyDtype: config.keyDtype,
+            kvCache: config.kvCache,
             onProgress: (progress) => emit({ type: "gather-progress", progress }),
             signal: opts.signal,
           });

@@ -14,6 +14,10 @@
  * while writing through the mapping. Every block of {@link CHECKSUM_BLOCK_ROWS} rows is hashed
  * (sha256) once written; the sums go to `checksums.json` for `knn verify`.
  *
+ * With `kvCache` a model with past inputs runs the windows in segments carrying its KV cache:
+ * each window then computes only its new positions (see `kvSegmentKeys` and the README's "Bring
+ * your own model" for which keys equal the windowed ones).
+ *
  * @module
  */
 
@@ -24,7 +28,8 @@ import { f32ArrayToF16 } from "../storage/half.ts";
 import { ensureFreeSpace } from "../storage/space.ts";
 import { readJsonIfExists, removeIfExists, renameFile, writeJsonAtomic } from "../core/_atomic.ts";
 import { datastorePaths, type GatherFingerprint, refuseMismatch } from "./manifest.ts";
-import { planWindows, windowBatch } from "../model/windows.ts";
+import { planWindows, windowBatch, type WindowPlan } from "../model/windows.ts";
+import type { KeyStream } from "../model/runner.ts";
 import { DEFAULT_CONFIG, type KnnlmConfig } from "../config/mod.ts";
 
 /** Rows per checksummed block of `keys.npy` / `vals.npy`. */
@@ -67,6 +72,8 @@ export interface KeyModel {
    * `[batch, seq, dModel]`, row-major float32.
    */
   runKeys(tokens: Int32Array, batch: number, seq: number): Promise<Float32Array>;
+  /** Starts a stream that carries the KV cache (present only where the model has one). */
+  keyStream?(): KeyStream;
 }
 
 /** A model that can run without computing logits, as `OnnxLm` does with `{ logits: false }`. */
@@ -80,6 +87,10 @@ export interface KeysOnlyRunner {
     seq: number,
     options: { logits: false },
   ): Promise<{ keys: Float32Array }>;
+  /** Whether `keyStream` can carry a KV cache (as `OnnxLm.acceptsPast`). */
+  readonly acceptsPast?: boolean;
+  /** A stream carrying the KV cache (as `OnnxLm.keyStream`). */
+  keyStream?(): KeyStream;
 }
 
 /**
@@ -91,7 +102,50 @@ export function keyModelOf(lm: KeysOnlyRunner): KeyModel {
     dModel: lm.dModel,
     runKeys: async (tokens, batch, seq) =>
       (await lm.run(tokens, batch, seq, { logits: false })).keys,
+    ...(lm.acceptsPast && lm.keyStream ? { keyStream: () => lm.keyStream!() } : {}),
   };
+}
+
+/**
+ * Windows per segment of a KV-cached gather: as many consecutive windows as fit in
+ * `kvCache` positions (the first window's start to the last one's end), at least one.
+ */
+export function kvSegmentWindows(seqLen: number, stride: number, kvCache: number): number {
+  return Math.max(1, Math.floor((kvCache - seqLen) / stride) + 1);
+}
+
+/**
+ * The keys of windows [first, first + count) of `plan` computed as one KV-cached segment:
+ * the first window runs whole from an empty cache (position ids from 0); each later window
+ * feeds only its new tokens [scoreFrom, end) after the cached tokens [start, scoreFrom) of its
+ * own window (older cache entries are dropped), positions continuing from the segment start.
+ * Returns rows [plan.at(first).scoreFrom, plan.at(first + count - 1).end) contiguous, `[rows,
+ * d]` float32.
+ */
+async function kvSegmentKeys(
+  model: KeyModel,
+  plan: Pick<WindowPlan, "at">,
+  tokens: Int32Array,
+  first: number,
+  count: number,
+): Promise<Float32Array> {
+  const d = model.dModel;
+  const stream = model.keyStream!();
+  const w0 = plan.at(first);
+  const out = new Float32Array((plan.at(first + count - 1).end - w0.scoreFrom) * d);
+  for (let j = 0; j < count; j++) {
+    const w = plan.at(first + j);
+    const from = j === 0 ? w.start : w.scoreFrom;
+    const keys = await stream.next(tokens.subarray(from, w.end), j === 0 ? 0 : from - w.start);
+    if (keys.length !== (w.end - from) * d) {
+      throw new Error(
+        `model returned ${keys.length} key values for ${w.end - from} tokens; expected ` +
+          `${(w.end - from) * d}`,
+      );
+    }
+    out.set(keys.subarray((w.scoreFrom - from) * d), (w.scoreFrom - w0.scoreFrom) * d);
+  }
+  return out;
 }
 
 /** Progress of a gather, reported after every batch. */
@@ -130,6 +184,15 @@ export interface GatherOptions {
   signal?: AbortSignal;
   /** Rows per checksummed block. Default {@link CHECKSUM_BLOCK_ROWS}. */
   checksumRows?: number;
+  /**
+   * Carry the model's KV cache across windows, in segments whose position ids stay below this
+   * many (the model's position table); `null`/absent: every window runs whole (default). See
+   * the README's "Bring your own model": each window then computes only its new positions,
+   * attending over the same tokens as the windowed run, but with cached keys/values that
+   * were computed in their own windows. Needs a model with `keyStream` (past inputs);
+   * replaces `batchSize` as the unit of work: one segment per model batch.
+   */
+  kvCache?: number | null;
   /**
    * Windows [first, end) of the plan to gather (a shard); default all. Batches are cut from
    * `first`, so a shard's model calls are a one-process gather's when `first` is a multiple of
@@ -242,6 +305,26 @@ export async function gather(opts: GatherOptions): Promise<GatherResult> {
   // Rows [rowStart, rowStart + rows) of the whole datastore; row r here is position rowStart + r.
   const rowStart = plan.at(wFirst).scoreFrom;
   const rows = plan.at(wEnd - 1).end - rowStart;
+  const kvCache = opts.kvCache ?? null;
+  if (kvCache !== null) {
+    if (!Number.isSafeInteger(kvCache) || kvCache < seqLen) {
+      throw new KnnError(
+        "E_CONFIG",
+        `kvCache must be an integer ≥ seqLen (${seqLen}), found ${kvCache}`,
+        { key: "kvCache" },
+      );
+    }
+    if (!model.keyStream) {
+      throw new KnnError(
+        "E_CONFIG",
+        `kvCache is set but the model has no KV cache to carry (it needs ` +
+          `past_key_values.N.key/value inputs, present.N.key/value outputs and position_ids)`,
+        { key: "kvCache", hint: "set kvCache to null, or export the model with past inputs" },
+      );
+    }
+  }
+  // Windows per unit of work (model batch, checkpoint): a batch, or a KV-cached segment.
+  const perBatch = kvCache === null ? batchSize : kvSegmentWindows(seqLen, stride, kvCache);
   const fingerprint: GatherFingerprint = {
     ...opts.identity,
     nTokens: tokens.length,
@@ -249,6 +332,7 @@ export async function gather(opts: GatherOptions): Promise<GatherResult> {
     stride,
     batchSize,
     keyDtype,
+    ...(kvCache === null ? {} : { kvCache }),
   };
   const paths = datastorePaths(opts.dir);
   const keysTmp = `${paths.keys}.tmp`;
@@ -261,7 +345,7 @@ export async function gather(opts: GatherOptions): Promise<GatherResult> {
 
   // Resume from a checkpoint of the same gather, or start afresh (stale .tmp files are reset).
   const progress = await readJsonIfExists<ProgressFile>(paths.gatherProgress);
-  const nBatches = Math.ceil((wEnd - wFirst) / batchSize);
+  const nBatches = Math.ceil((wEnd - wFirst) / perBatch);
   const [pFirst, pEnd] = progress?.windows ?? [0, plan.count];
   if (progress && (pFirst !== wFirst || pEnd !== wEnd)) {
     throw new KnnError(
@@ -349,7 +433,14 @@ export async function gather(opts: GatherOptions): Promise<GatherResult> {
       count: wEnd - wFirst,
       at: (k: number) => plan.at(wFirst + k),
     };
+    // out: windowed, [n, L, d] (window j's new rows at j·L + scoreFrom − start); KV-cached,
+    // the segment's new rows contiguous from its first window's scoreFrom.
     const launch = (b: number) => {
+      if (kvCache !== null) {
+        const first = b * perBatch;
+        const n = Math.min(perBatch, sub.count - first);
+        return { first, n, out: kvSegmentKeys(model, sub, tokens, first, n) };
+      }
       const { first, count, tokens: input } = windowBatch(sub, tokens, batchSize, b);
       return { first, n: count, out: model.runKeys(input, count, L) };
     };
@@ -388,7 +479,8 @@ export async function gather(opts: GatherOptions): Promise<GatherResult> {
     while (pending) {
       const { first, n } = pending;
       const out = await pending.out;
-      if (out.length !== n * L * d) {
+      const segFrom = sub.at(first).scoreFrom;
+      if (kvCache === null && out.length !== n * L * d) {
         throw new Error(
           `model returned ${out.length} key values for a [${n}, ${L}] batch; ` +
             `expected ${n * L * d} (= ${n}·${L}·${d})`,
@@ -398,7 +490,9 @@ export async function gather(opts: GatherOptions): Promise<GatherResult> {
       pending = next < nBatches && !opts.signal?.aborted ? launch(next) : undefined;
       for (let j = 0; j < n; j++) {
         const w = sub.at(first + j);
-        const from = (j * L + (w.scoreFrom - w.start)) * d;
+        const from = kvCache === null
+          ? (j * L + (w.scoreFrom - w.start)) * d
+          : (w.scoreFrom - segFrom) * d;
         const src = out.subarray(from, from + (w.end - w.scoreFrom) * d);
         const dst = keys.view(w.scoreFrom - rowStart, w.end - rowStart);
         if (keyDtype === "float16") f32ArrayToF16(src, dst as Uint16Array);

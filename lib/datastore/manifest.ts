@@ -68,6 +68,8 @@ export interface GatherFingerprint {
   batchSize: number;
   /** Storage dtype of keys. */
   keyDtype: KnnlmConfig["keyDtype"];
+  /** Positions per KV-cached segment, when the keys were gathered with the cache (absent: windowed). */
+  kvCache?: number;
 }
 
 /**
@@ -178,7 +180,9 @@ export function fingerprintDiff(
   wanted: GatherFingerprint,
 ): string[] {
   const out: string[] = [];
-  for (const key of Object.keys(wanted) as (keyof GatherFingerprint)[]) {
+  // kvCache is absent from windowed fingerprints: compared even when only `found` has it.
+  const keys = new Set([...Object.keys(wanted), "kvCache"]) as Set<keyof GatherFingerprint>;
+  for (const key of keys) {
     if (found[key] !== wanted[key]) {
       const show = (v: unknown) =>
         typeof v === "string" && v.length === 64 ? `${v.slice(0, 12)}…` : JSON.stringify(v);

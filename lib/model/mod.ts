@@ -19,7 +19,13 @@ export {
   type TensorInfo,
 } from "./inspect.ts";
 export { type ExposedModel, type ExposeOptions, exposeTensors } from "./expose.ts";
-export { type LmOutput, OnnxLm, type OnnxLmOptions, type RunOptions } from "./runner.ts";
+export {
+  type KeyStream,
+  type LmOutput,
+  OnnxLm,
+  type OnnxLmOptions,
+  type RunOptions,
+} from "./runner.ts";
 export {
   BYTE_TOKENIZER,
   BYTE_VOCAB_SIZE,

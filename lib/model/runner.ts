@@ -43,6 +43,26 @@ export interface RunOptions {
   logits?: boolean;
 }
 
+/**
+ * A token stream run through the model in chunks with its KV cache carried from call to call
+ * (see {@linkcode OnnxLm.keyStream}). Position ids count the tokens fed since the stream
+ * started (its first token has position 0), so a stream must restart before they pass the
+ * model's position table.
+ */
+export interface KeyStream {
+  /** Tokens fed so far: the position id of the next token. */
+  readonly position: number;
+  /** Tokens whose keys and values the cache holds now (the most recent ones). */
+  readonly cached: number;
+  /**
+   * Feeds `tokens` after the last `keep` cached tokens (older entries are dropped first; 0
+   * starts over with an empty cache but keeps counting positions) and returns their keys
+   * `[tokens.length, dModel]`, float32 row-major. Afterwards the cache holds `keep +
+   * tokens.length` tokens.
+   */
+  next(tokens: Int32Array, keep: number): Promise<Float32Array>;
+}
+
 /** Output of {@linkcode OnnxLm.run}. */
 export interface LmOutput<L extends Float32Array | null = Float32Array> {
   /** `[batch, seq, vocabSize]` float32, row-major; `null` when not requested. */
@@ -101,6 +121,12 @@ export class OnnxLm {
   readonly dModel: number;
   /** Graph inputs and how they are fed. */
   readonly inputs: readonly InputInfo[];
+  /**
+   * Whether {@linkcode OnnxLm.keyStream} can carry a KV cache: the model is a decoder with
+   * past (`past_key_values.N.key/value` inputs, each with a `present.N.key/value` output, and a
+   * `position_ids` input) and not a merged decoder (which runs its no-cache branch).
+   */
+  readonly acceptsPast: boolean;
 
   private constructor(init: {
     session: ort.InferenceSession;
@@ -112,6 +138,7 @@ export class OnnxLm {
     vocabSize: number;
     dModel: number;
     inputs: InputInfo[];
+    acceptsPast: boolean;
   }) {
     this.#session = init.session;
     this.#feeds = init.feeds;
@@ -122,6 +149,7 @@ export class OnnxLm {
     this.vocabSize = init.vocabSize;
     this.dModel = init.dModel;
     this.inputs = init.inputs;
+    this.acceptsPast = init.acceptsPast;
   }
 
   /**
@@ -193,6 +221,13 @@ export class OnnxLm {
         shape: i.type?.shape ?? null,
         role: inputRole(i.name),
       })),
+      // position_ids is required: a model that derives positions from the mask would number
+      // the new tokens from the cache's length, not from where the stream's positions are.
+      acceptsPast: !inlined && feeds.some((f) => f.role === "past") &&
+        feeds.some((f) => f.role === "position_ids") &&
+        feeds.every((f) =>
+          f.role !== "past" || model.outputs.some((o) => o.name === presentOf(f.name))
+        ),
     });
     if (lm.vocabSize === 0 || lm.dModel === 0) {
       // Dynamic last dims: read them off a two-token probe.
@@ -252,6 +287,115 @@ export class OnnxLm {
   }
 
   /**
+   * Starts a {@linkcode KeyStream}: one sequence (batch 1) fed in chunks, each call getting
+   * the `present.*` outputs of the previous calls back as `past_key_values.*` (trimmed to the
+   * tokens asked to be kept), `position_ids` continuing where the last chunk ended and an
+   * all-ones `attention_mask` over past + new tokens. Only the keys are fetched, never the
+   * logits.
+   *
+   * @throws Error when the model does not accept a past ({@linkcode OnnxLm.acceptsPast})
+   */
+  keyStream(): KeyStream {
+    if (!this.acceptsPast) {
+      throw new Error(
+        `${this.modelPath}: no KV cache to carry: the model needs past_key_values.N.key/value ` +
+          `inputs with matching present.N.key/value outputs and a position_ids input (a ` +
+          `decoder-with-past export; a merged decoder runs its no-cache branch)`,
+      );
+    }
+    let past: Record<string, ort.Tensor> | null = null;
+    let cached = 0;
+    let position = 0;
+    return {
+      get position() {
+        return position;
+      },
+      get cached() {
+        return cached;
+      },
+      next: async (tokens: Int32Array, keep: number) => {
+        const n = tokens.length;
+        if (!Number.isSafeInteger(keep) || keep < 0 || keep > cached) {
+          throw new RangeError(`keyStream: keep must be in 0..${cached}, found ${keep}`);
+        }
+        if (n < 1) throw new RangeError("keyStream: expected at least one token");
+        this.#checkIds(tokens);
+        const kept = past && keep > 0 ? trimPast(past, keep) : null;
+        const out = await this.#rawCached(tokens, kept, keep, position);
+        const keys = this.#float32(out[this.keyTensor], 1, n, this.dModel);
+        past = {};
+        for (const f of this.#feeds) {
+          if (f.role === "past") past[f.name] = out[presentOf(f.name)];
+        }
+        cached = keep + n;
+        position += n;
+        return keys;
+      },
+    };
+  }
+
+  async #rawCached(
+    tokens: Int32Array,
+    past: Record<string, ort.Tensor> | null,
+    pastLength: number,
+    firstPosition: number,
+  ) {
+    const session = this.#open();
+    const n = tokens.length;
+    const feeds: Record<string, ort.Tensor> = {};
+    for (const f of this.#feeds) {
+      if (f.role === "tokens") {
+        feeds[f.name] = f.type === "int32"
+          ? new ort.Tensor("int32", tokens, [1, n])
+          : new ort.Tensor("int64", BigInt64Array.from(tokens, BigInt), [1, n]);
+      } else if (f.role === "attention_mask") {
+        feeds[f.name] = filled(f.type, pastLength + n, () => 1, [1, pastLength + n]);
+      } else if (f.role === "past") {
+        if (past) feeds[f.name] = past[f.name];
+        else {
+          const [, heads, , headDim] = f.shape!;
+          const dims = [1, heads as number, 0, headDim as number];
+          feeds[f.name] = f.type === "float16"
+            ? new ort.Tensor("float16", new Uint16Array(0), dims)
+            : new ort.Tensor("float32", new Float32Array(0), dims);
+        }
+      } else if (f.role === "position_ids") {
+        feeds[f.name] = filled(f.type, n, (i) => firstPosition + i, [1, n]);
+      }
+    }
+    const fetches = [
+      this.keyTensor,
+      ...this.#feeds.filter((f) => f.role === "past").map((f) => presentOf(f.name)),
+    ];
+    try {
+      return await session.run(feeds, fetches, { logSeverityLevel: 4 });
+    } catch (e) {
+      const msg = (e as Error).message;
+      const hint = /out of (data )?bounds|out of range/i.test(msg)
+        ? ` (do positions up to ${firstPosition + n - 1} pass the model's position table?)`
+        : "";
+      throw new Error(
+        `${this.modelPath}: inference failed on ${n} tokens after a cache of ${pastLength}: ` +
+          `${msg}${hint}`,
+        { cause: e },
+      );
+    }
+  }
+
+  #checkIds(tokens: Int32Array): void {
+    for (let i = 0; i < tokens.length; i++) {
+      const t = tokens[i];
+      if (t < 0 || t >= this.vocabSize) {
+        throw new RangeError(
+          `run: token id ${t} at index ${i} is outside the model's vocabulary 0..${
+            this.vocabSize - 1
+          }`,
+        );
+      }
+    }
+  }
+
+  /**
    * Runs the model on `batch` windows of `seq` tokens.
    *
    * @param tokens `[batch, seq]` token ids, row-major
@@ -290,16 +434,7 @@ export class OnnxLm {
         `run: expected ${batch}×${seq} = ${batch * seq} tokens, got ${tokens.length}`,
       );
     }
-    for (let i = 0; i < tokens.length; i++) {
-      const t = tokens[i];
-      if (t < 0 || t >= this.vocabSize) {
-        throw new RangeError(
-          `run: token id ${t} at index ${i} is outside the model's vocabulary 0..${
-            this.vocabSize - 1
-          }`,
-        );
-      }
-    }
+    this.#checkIds(tokens);
     const withLogits = options.logits ?? true;
     const out = await this.#raw(tokens, batch, seq, withLogits);
     return {
@@ -343,6 +478,32 @@ export class OnnxLm {
   [Symbol.dispose](): void {
     this.close();
   }
+}
+
+/** The output that returns the cache fed as past input `name` (HF/optimum naming). */
+function presentOf(name: string): string {
+  return name.replace(/^past_key_values\./, "present.");
+}
+
+/** Each `[1, heads, T, headDim]` cache tensor cut to its last `keep` steps (a copy). */
+function trimPast(past: Record<string, ort.Tensor>, keep: number): Record<string, ort.Tensor> {
+  const out: Record<string, ort.Tensor> = {};
+  for (const [name, t] of Object.entries(past)) {
+    const [b, heads, T, hd] = t.dims.map(Number);
+    if (keep === T) {
+      out[name] = t;
+      continue;
+    }
+    const src = t.data as Float32Array | Uint16Array;
+    const dst = new (src.constructor as Float32ArrayConstructor | Uint16ArrayConstructor)(
+      b * heads * keep * hd,
+    );
+    for (let h = 0; h < b * heads; h++) {
+      dst.set(src.subarray((h * T + T - keep) * hd, (h + 1) * T * hd), h * keep * hd);
+    }
+    out[name] = new ort.Tensor(t.type as "float32", dst as Float32Array, [b, heads, keep, hd]);
+  }
+  return out;
 }
 
 function filled(
