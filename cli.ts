@@ -116,7 +116,7 @@ const WORKERS: OptionSpec = {
   value: { kind: "integer", min: 1, max: 1024 },
   arg: "N",
   doc: "worker processes for the shards, splitting --threads",
-  defaultText: "cores",
+  defaultText: "--threads (all cores)",
 };
 
 /** Options of the build commands: the command's own, then every build setting. */

@@ -133,8 +133,8 @@ function check(r: MeasuredRun, what: string): MeasuredRun {
   return r;
 }
 
-/** Seconds from a "STAGE done in 12.3s" / "1m02s" / "1h02m" line. */
-function doneSeconds(stderr: string, stageName: string): number {
+/** Seconds from a "STAGE done in 12.3s" / "1m02s" / "1h02m" line of the CLI's stderr. */
+export function doneSeconds(stderr: string, stageName: string): number {
   const m = new RegExp(`(?:^|\\n)${stageName} done in (?:(\\d+)h)?(?:(\\d+)m)?([\\d.]+s)?`).exec(
     stderr,
   );

@@ -136,8 +136,9 @@ export interface BuildOptions {
    */
   shards?: number;
   /**
-   * Worker processes for the shards' gather and add when this run does them all. Default: the
-   * number of cores. With 1 (or one shard) the shards run in this process, one by one.
+   * Worker processes for the shards' gather and add when this run does them all; the
+   * configuration's threads are split among them. Default: the threads (all cores unless
+   * `threads` says otherwise). With 1 (or one shard) the shards run in this process, one by one.
    */
   workers?: number;
   /**

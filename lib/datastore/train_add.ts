@@ -282,8 +282,8 @@ export async function trainIndex(
     const open = (file: string) => {
       let a = files.get(file);
       if (!a) {
+        // Default read-ahead: the sample's rows come in ascending order, a few pages apart.
         a = MappedArray.open(file, { mode: "r", dtypes: ["<f4", "<f2"] });
-        a.advise("random");
         files.set(file, a);
       }
       return a;
@@ -531,8 +531,7 @@ export async function addShard(
     for (let s = start; s < n; s += chunk) {
       if (opts.signal?.aborted) await stop();
       const end = Math.min(n, s + chunk);
-      const ids = new BigInt64Array(end - s);
-      for (let i = 0; i < ids.length; i++) ids[i] = BigInt(range.globalRow + s + i);
+      const ids = rowIds(range.globalRow + s, end - s);
       try {
         await index.addWithIdsAsync(vectorsOf(keys, range.fileRow + s, range.fileRow + end), ids, {
           signal: opts.signal,
@@ -566,6 +565,21 @@ export async function addShard(
   } finally {
     if (index && !index.closed) index.close();
   }
+}
+
+/**
+ * Ids `first, first + 1, …` (n of them) as int64, written as pairs of 32-bit halves: no BigInt
+ * per row, whose garbage would grow the JS heap by tens of bytes per key added.
+ */
+function rowIds(first: number, n: number): BigInt64Array {
+  const ids = new BigInt64Array(n);
+  const halves = new Uint32Array(ids.buffer);
+  for (let i = 0; i < n; i++) {
+    const id = first + i;
+    halves[2 * i] = id >>> 0; // little-endian: low half first
+    halves[2 * i + 1] = Math.floor(id / 4294967296);
+  }
+  return ids;
 }
 
 /**
