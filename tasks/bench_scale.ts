@@ -442,33 +442,49 @@ async function main() {
     };
     runs.push({ n, shards, workers, generateSeconds, toolkit, ...(python ? { python } : {}) });
     say(`${n} keys: done (build ${toolkit.buildSeconds.toFixed(1)} s)`);
+    await writeResults(o, { loadBefore, env, threads, workers, runs });
     if (!o.keep) {
       await Deno.remove(dir, { recursive: true });
       await Deno.remove(queries);
     }
   }
+  console.log(await writeResults(o, { loadBefore, env, threads, workers, runs }));
+}
+
+/** Writes scale.json and scale.md (after every size, so a run cut short keeps what it did). */
+async function writeResults(
+  o: Opts,
+  r: {
+    loadBefore: number[];
+    env: Record<string, string>;
+    threads: number;
+    workers: number;
+    runs: unknown[];
+  },
+): Promise<string> {
   const result = {
     date: new Date().toISOString(),
     machine: machineInfo(),
-    loadAverage: { before: loadBefore, after: Deno.loadavg() },
-    environment: env,
-    settings: { ...o, threads, workers },
-    runs,
+    loadAverage: { before: r.loadBefore, after: Deno.loadavg() },
+    environment: r.env,
+    settings: { ...o, threads: r.threads, workers: r.workers },
+    runs: r.runs,
   };
   const outDir = resolve(o["results-dir"]);
   await Deno.mkdir(outDir, { recursive: true });
   await Deno.writeTextFile(join(outDir, "scale.json"), JSON.stringify(result, null, 2) + "\n");
   const md = renderScale(result);
   await Deno.writeTextFile(join(outDir, "scale.md"), md);
-  console.log(md);
+  return md;
 }
 
 const MiB = (b: number) => `${(b / 2 ** 20).toFixed(0)} MiB`;
 const GB = (b: number) => `${(b / 1e9).toFixed(2)} GB`;
 const rate = (x: number) => x >= 1e6 ? `${(x / 1e6).toFixed(2)}M` : `${(x / 1e3).toFixed(1)}k`;
 
+/** scale.md from scale.json's object (its `notes`, if any, are listed under the table). */
 // deno-lint-ignore no-explicit-any
-function renderScale(r: any): string {
+export function renderScale(r: any): string {
   const lines = [
     `# Scale: sharded builds of synthetic float16 keys (${r.date.slice(0, 10)})`,
     "",
@@ -512,6 +528,7 @@ function renderScale(r: any): string {
       );
     }
   }
+  for (const note of r.notes ?? []) lines.push("", note);
   lines.push("", "Disk, bytes per file of the finished datastore:", "");
   for (const run of r.runs) {
     lines.push(
