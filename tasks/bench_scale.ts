@@ -480,7 +480,8 @@ async function writeResults(
 
 const MiB = (b: number) => `${(b / 2 ** 20).toFixed(0)} MiB`;
 const GB = (b: number) => `${(b / 1e9).toFixed(2)} GB`;
-const rate = (x: number) => x >= 1e6 ? `${(x / 1e6).toFixed(2)}M` : `${(x / 1e3).toFixed(1)}k`;
+const rate = (x: number) =>
+  x >= 1e6 ? `${(x / 1e6).toFixed(2)}M` : x >= 1e3 ? `${(x / 1e3).toFixed(1)}k` : x.toFixed(0);
 
 /** scale.md from scale.json's object (its `notes`, if any, are listed under the table). */
 // deno-lint-ignore no-explicit-any
